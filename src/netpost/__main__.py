@@ -1,0 +1,5 @@
+import sys
+
+from netpost.cli import main
+
+sys.exit(main())

@@ -1,0 +1,270 @@
+"""The `netpost` command line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from netpost import __version__
+from netpost.config import ConfigError, load, render_default, set_listen
+
+CONFIG_NAME = "netpost.toml"
+DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                       r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class CLIError(Exception):
+    """One line for the user; exit status 1 (2 for usage errors, from argparse)."""
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data or os.environ.get("NETPOST_DATA") or "./netpost-data")
+
+
+def check_domain(name: str) -> str:
+    name = name.strip().lower().rstrip(".")
+    if not DOMAIN_RE.match(name):
+        raise CLIError(f"{name!r} is not a valid domain name (like example.org)")
+    return name
+
+
+def check_address(address: str, what: str = "address") -> str:
+    from netpost.mail.delivery import valid_address
+
+    address = address.strip().lower()
+    if "@" not in address or not valid_address(address):
+        raise CLIError(f"{address!r} is not a valid {what} (like alice@example.org)")
+    check_domain(address.rpartition("@")[2])
+    return address
+
+
+def read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CLIError("the two passwords differ; nothing was changed")
+    else:
+        raise CLIError("no terminal to ask for the password: pipe it in with --password-stdin")
+    if not password:
+        raise CLIError("the password is empty; nothing was changed")
+    return password
+
+
+# --- commands ----------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from netpost.server import run
+
+    data = data_dir(args)
+    config_path = Path(args.config) if args.config else data / CONFIG_NAME
+    if args.config and not config_path.exists():
+        raise CLIError(f"config file {config_path} does not exist (make one with 'netpost init')")
+    cfg = load(config_path)
+    listen = dict(cfg.listen)
+    for item in args.listen:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise CLIError(f"--listen {item!r}: expected NAME=HOST:PORT or NAME=off")
+        set_listen(listen, name.strip(), value.strip())
+    cfg = replace(cfg, listen=listen)
+    if args.trace:
+        cfg = replace(cfg, trace=replace(cfg.trace, listeners=("all",)))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data.mkdir(parents=True, exist_ok=True)
+    return run(data, cfg)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    data = data_dir(args)
+    path = data / CONFIG_NAME
+    if path.exists() and not args.force:
+        raise CLIError(f"{path} already exists (use --force to overwrite it)")
+    data.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(render_default() + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+    return 0
+
+
+def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from netpost.server import open_store
+
+    return open_store(data_dir(args))
+
+
+def cmd_domain(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        if args.action == "list":
+            for name in store.list_domains():
+                print(name)
+            return 0
+        name = check_domain(args.domain)
+        if args.action == "add":
+            store.add_domain(name)
+            print(f"added domain {name}")
+        else:
+            store.remove_domain(name)
+            print(f"removed domain {name}")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from netpost.auth.passwords import hash_password
+
+    store = _store(args)
+    try:
+        if args.action == "list":
+            for account in store.list_accounts():
+                print(account.address)
+            return 0
+        address = check_address(args.address)
+        if args.action == "add":
+            domain = address.rpartition("@")[2]
+            if not store.has_domain(domain):
+                raise CLIError(f"unknown domain {domain}: add it first with "
+                               f"'netpost domain add {domain}'")
+            if store.get_account(address) is not None:
+                raise CLIError(f"user {address} already exists")
+            store.add_account(address, hash_password(read_password(args)))
+            print(f"added user {address}")
+        elif args.action == "passwd":
+            if store.get_account(address) is None:
+                raise CLIError(f"no user {address}")
+            store.set_password_hash(address, hash_password(read_password(args)))
+            print(f"changed the password of {address}")
+        else:
+            store.remove_account(address)
+            print(f"removed user {address} and its mail")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        if args.action == "list":
+            for source, target in store.list_aliases():
+                print(f"{source} -> {target}")
+            return 0
+        if args.source is None or args.target is None:
+            raise CLIError(f"alias {args.action} needs SOURCE and TARGET")
+        source = args.source.strip().lower()
+        if source.startswith("@"):
+            check_domain(source[1:])
+        else:
+            source = check_address(source, "alias source")
+        target = check_address(args.target, "alias target")
+        if args.action == "add":
+            if not store.has_domain(target.rpartition("@")[2]):
+                raise CLIError(f"alias target {target} is not in a local domain: forwarding "
+                               "to other domains needs the outbound queue, not built yet")
+            store.add_alias(source, target)
+            print(f"added alias {source} -> {target}")
+        else:
+            store.remove_alias(source, target)
+            print(f"removed alias {source} -> {target}")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from netpost.net.trace import follow
+
+    data = data_dir(args)
+    cfg = load(data / CONFIG_NAME)
+    path = data / cfg.trace.file
+    if not cfg.trace.listeners:
+        print(f"note: tracing is off in {data / CONFIG_NAME}; set [trace] listeners = [\"all\"] "
+              "or start 'netpost serve --trace'", file=sys.stderr)
+    print(f"following {path} (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        follow(path, lambda line: print(line, flush=True), from_start=args.all)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="netpost",
+        description="netpost: mail (SMTP, submission, POP3) in one server with embedded storage.",
+        epilog="Start with 'netpost serve'; see 'netpost COMMAND --help' for each command.",
+    )
+    p.add_argument("--version", action="version", version=f"netpost {__version__}")
+    p.add_argument("--data", metavar="DIR",
+                   help="data directory (env NETPOST_DATA; default ./netpost-data)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run every service",
+                       description="Run every service; prints where each listens.")
+    s.add_argument("--config", metavar="FILE", help="config file (default DATA/netpost.toml)")
+    s.add_argument("--listen", action="append", default=[], metavar="NAME=HOST:PORT",
+                   help="override a listener's address, or NAME=off; repeatable "
+                        "(names: smtp, submission, submissions, pop3, pop3s)")
+    s.add_argument("--trace", action="store_true", help="trace every session (see 'trace')")
+    s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    s.set_defaults(func=cmd_serve)
+
+    i = sub.add_parser("init", help="write a commented netpost.toml with every default",
+                       description="Write DATA/netpost.toml listing every setting at its "
+                                   "default, with comments.")
+    i.add_argument("--force", action="store_true", help="overwrite an existing file")
+    i.set_defaults(func=cmd_init)
+
+    d = sub.add_parser("domain", help="manage local mail domains")
+    d.add_argument("action", choices=["add", "list", "del"])
+    d.add_argument("domain", nargs="?", help="e.g. example.org")
+    d.set_defaults(func=cmd_domain)
+
+    u = sub.add_parser("user", help="manage accounts (mail users)")
+    u.add_argument("action", choices=["add", "list", "del", "passwd"])
+    u.add_argument("address", nargs="?", help="e.g. alice@example.org")
+    u.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of standard input")
+    u.set_defaults(func=cmd_user)
+
+    a = sub.add_parser("alias", help="manage aliases (SOURCE delivers to TARGET)")
+    a.add_argument("action", choices=["add", "list", "del"])
+    a.add_argument("source", nargs="?", help="address or @domain (catch-all)")
+    a.add_argument("target", nargs="?", help="a local account's address")
+    a.set_defaults(func=cmd_alias)
+
+    t = sub.add_parser("trace", help="follow the protocol trace live",
+                       description="Print protocol trace lines as sessions talk.")
+    t.add_argument("--all", action="store_true", help="start from the beginning of the file")
+    t.set_defaults(func=cmd_trace)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    needs_arg = {"domain": "domain", "user": "address"}
+    if args.command in needs_arg and args.action != "list" and \
+            getattr(args, needs_arg[args.command]) is None:
+        parser.error(f"{args.command} {args.action} needs {needs_arg[args.command].upper()}")
+    from netpost.store.interfaces import StoreError
+
+    try:
+        return int(args.func(args))
+    except (CLIError, ConfigError, StoreError) as exc:
+        print(f"netpost: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

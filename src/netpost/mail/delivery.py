@@ -1,0 +1,145 @@
+"""Local delivery: who a recipient is, and putting a message durably in their mailboxes.
+
+Knows nothing of wire formats: the SMTP session asks it about recipients and hands it the
+message content once DATA is complete.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from netpost.mail.message import parse_meta
+from netpost.store.committer import GroupCommitter
+from netpost.store.interfaces import AccountStore, MailStore
+
+MAX_ALIAS_DEPTH = 8
+
+# A pragmatic RFC 5321 4.1.2 Mailbox: Local-part "@" Domain (dot-atoms or a quoted local part).
+_LOCAL = r'(?:[^\s@"<>()\[\],;:\\]+|"(?:[^"\\\r\n]|\\.)*")'
+_DOMAIN = r"(?:[^\s@<>()\[\],;:\\.]+(?:\.[^\s@<>()\[\],;:\\.]+)*|\[[^\]\s]+\])"
+ADDRESS_RE = re.compile(rf"^{_LOCAL}@{_DOMAIN}$")
+
+
+def split_address(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    return local, domain.lower()
+
+
+def normalize(address: str) -> str:
+    """Addresses compare case-insensitively here (like most servers, though RFC 5321 2.4 lets
+    a local part be case-sensitive)."""
+    return address.lower()
+
+
+def valid_address(address: str) -> bool:
+    return len(address) <= 254 and bool(ADDRESS_RE.match(address))
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    mailbox_ids: tuple[int, ...]  # INBOX of every account it resolves to
+
+
+class UnknownRecipient(Exception):
+    pass
+
+
+class NotLocal(Exception):
+    pass
+
+
+class LocalDelivery:
+    def __init__(self, accounts: AccountStore, mail: MailStore, committer: GroupCommitter,
+                 hostname: str) -> None:
+        self.accounts = accounts
+        self.mail = mail
+        self.committer = committer
+        self.hostname = hostname
+
+    def is_local_domain(self, domain: str) -> bool:
+        return self.accounts.has_domain(domain.lower())
+
+    def resolve(self, address: str) -> Recipient:
+        """The INBOXes `address` delivers to, following aliases. Raises NotLocal or
+        UnknownRecipient."""
+        address = normalize(address)
+        if address == "postmaster":  # RFC 5321 4.5.1: <postmaster> without a domain
+            domains = self.accounts.list_domains()
+            if not domains:
+                raise UnknownRecipient(address)
+            address = f"postmaster@{domains[0]}"
+        _, domain = split_address(address)
+        if not self.is_local_domain(domain):
+            raise NotLocal(address)
+        boxes: list[int] = []
+        self._expand(address, boxes, set(), 0)
+        if not boxes:
+            raise UnknownRecipient(address)
+        return Recipient(address, tuple(dict.fromkeys(boxes)))
+
+    def _expand(self, address: str, boxes: list[int], seen: set[str], depth: int) -> None:
+        if address in seen or depth > MAX_ALIAS_DEPTH:
+            return
+        seen.add(address)
+        account = self.accounts.get_account(address)
+        if account is not None:
+            inbox = self.mail.get_mailbox(account.id, "INBOX")
+            if inbox is not None:
+                boxes.append(inbox.id)
+            return
+        for target in self.accounts.alias_targets(address):
+            target = normalize(target)
+            if self.is_local_domain(split_address(target)[1]):
+                self._expand(target, boxes, seen, depth + 1)
+
+    def owns(self, account_address: str, sender: str) -> bool:
+        """May the logged-in account use `sender` as MAIL FROM (own address or an alias of it)?"""
+        sender = normalize(sender)
+        if sender == account_address:
+            return True
+        return account_address in {normalize(t) for t in self.accounts.alias_targets(sender)}
+
+    async def deliver(self, content: bytes, *, mail_from: str, recipients: Sequence[Recipient],
+                      helo: str | None, client_ip: str, with_protocol: str,
+                      tls: str | None, authenticated: str | None) -> str:
+        """Store `content` with trace fields in every recipient's INBOX; durable on return.
+        Returns the id written in the Received: field."""
+        msg_id = secrets.token_hex(6).upper()
+        now = time.time()
+        trace = trace_fields(
+            mail_from=mail_from, helo=helo, client_ip=client_ip, hostname=self.hostname,
+            with_protocol=with_protocol, msg_id=msg_id, tls=tls, authenticated=authenticated,
+            for_address=recipients[0].address if len(recipients) == 1 else None, when=now,
+        )
+        data = trace + content
+        meta = parse_meta(data, now)
+        mailbox_ids = list(dict.fromkeys(b for r in recipients for b in r.mailbox_ids))
+        await self.committer.deliver(data, meta, mailbox_ids)
+        return msg_id
+
+
+def trace_fields(*, mail_from: str, helo: str | None, client_ip: str, hostname: str,
+                 with_protocol: str, msg_id: str, tls: str | None, authenticated: str | None,
+                 for_address: str | None, when: float) -> bytes:
+    """Return-Path and Received fields (RFC 5321 4.4; "with" keywords from RFC 3848)."""
+    ip = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
+    received = f"Received: from {helo or 'unknown'} ([{ip}])\r\n\tby {hostname} (netpost)"
+    received += f" with {with_protocol} id {msg_id}"
+    comments = []
+    if tls:
+        comments.append(f"using {tls}")
+    if authenticated:
+        comments.append(f"authenticated as {authenticated}")
+    if comments:
+        received += "\r\n\t(" + "; ".join(comments) + ")"
+    if for_address:
+        received += f"\r\n\tfor <{for_address}>"
+    received += "; " + email.utils.formatdate(when, localtime=False) + "\r\n"
+    return f"Return-Path: <{mail_from}>\r\n{received}".encode()
+

@@ -1,0 +1,129 @@
+"""SMTP session: drives the sans-I/O engine for the MX and submission listeners."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from netpost.mail.delivery import NotLocal, Recipient, UnknownRecipient, normalize
+from netpost.net.listener import Engine, Session
+from netpost.smtp.protocol import (
+    AuthRequest,
+    MailFrom,
+    MessageData,
+    RcptTo,
+    Reply,
+    SMTPConnection,
+    SMTPSettings,
+    StartTLS,
+)
+
+if TYPE_CHECKING:
+    from netpost.server import App
+
+log = logging.getLogger("netpost.smtp")
+
+OK_SENDER = Reply(250, "2.1.0", "Sender OK")
+OK_RCPT = Reply(250, "2.1.5", "Recipient OK")
+
+
+def refuse_line(reason: str) -> bytes:
+    # RFC 5321 3.8: a server that cannot serve may answer the connection with 421.
+    return f"421 4.7.0 {reason}, try again later\r\n".encode()
+
+
+class SMTPSession(Session):
+    app: App
+
+    def make_engine(self) -> Engine:
+        spec = self.listener.spec
+        cfg = self.app.config
+        submission = spec.protocol == "submission"
+        settings = SMTPSettings(
+            hostname=cfg.server.hostname,
+            submission=submission,
+            tls_available=self.listener.ssl_context is not None,
+            auth_enabled=submission,
+            allow_plaintext_auth=cfg.auth.allow_plaintext,
+            max_message_size=cfg.limits.max_message_size,
+            max_recipients=cfg.limits.max_recipients,
+            max_errors=cfg.limits.max_errors,
+        )
+        self.smtp = SMTPConnection(settings, tls_active=self.tls_active, trace=self.trace)
+        self.recipients: dict[str, Recipient] = {}
+        return self.smtp
+
+    def start(self) -> None:
+        self.smtp.greeting()
+
+    def say_goodbye(self, reason: str) -> None:
+        if reason == "idle":
+            self.smtp.close(Reply(421, "4.4.2", "Idle timeout, closing connection"))
+        else:
+            self.smtp.close(Reply(421, "4.3.2", "Server shutting down, try again later"))
+
+    def in_transaction(self) -> bool:
+        return self.smtp.in_transaction
+
+    async def handle(self, event: Any) -> None:
+        smtp = self.smtp
+        if isinstance(event, RcptTo):
+            smtp.send(self.rcpt(event.address))
+        elif isinstance(event, MessageData):
+            smtp.send(await self.data(event))
+        elif isinstance(event, MailFrom):
+            smtp.send(self.mail_from(event.address))
+        elif isinstance(event, StartTLS):
+            await self.start_tls()
+        elif isinstance(event, AuthRequest):
+            account = await self.app.login(event.credentials, self.peer, "smtp")
+            if account is None:
+                smtp.reject_auth()
+            else:
+                smtp.accept_auth(account.address)
+
+    def mail_from(self, address: str) -> Reply:
+        self.recipients = {}
+        user = self.smtp.authenticated_as
+        if self.listener.spec.protocol == "submission" and user is not None and address:
+            # RFC 6409 8.1 lets a submission server check the sender: only the account's
+            # own address and the aliases that deliver to it.
+            if not self.app.delivery.owns(user, address):
+                return Reply(553, "5.7.1", f"Sender address <{address}> is not owned by {user}")
+        return OK_SENDER
+
+    def rcpt(self, address: str) -> Reply:
+        try:
+            recipient = self.app.delivery.resolve(address)
+        except NotLocal:
+            if self.listener.spec.protocol == "submission":
+                return Reply(550, "5.7.1", f"<{address}>: delivery to other domains is not "
+                             "available yet (netpost has no outbound queue); local domains only")
+            # RFC 5321 3.6.2: no open relay.
+            return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
+        except UnknownRecipient:
+            return Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: "
+                         "no such user here")
+        self.recipients[normalize(address)] = recipient
+        return OK_RCPT
+
+    async def data(self, event: MessageData) -> Reply:
+        recipients = [self.recipients[normalize(a)] for a in event.recipients]
+        tls = self.tls_description()
+        auth = self.smtp.authenticated_as
+        # RFC 3848 "with" keywords.
+        proto = "ESMTP" if self.smtp.esmtp else "SMTP"
+        if self.smtp.esmtp:
+            proto += ("S" if tls else "") + ("A" if auth else "")
+        try:
+            msg_id = await self.app.delivery.deliver(
+                event.data, mail_from=event.mail_from, recipients=recipients,
+                helo=self.smtp.helo_domain, client_ip=self.peer, with_protocol=proto, tls=tls,
+                authenticated=auth,
+            )
+        except Exception:
+            log.exception("delivery failed")
+            return Reply(451, "4.3.0", "Local error in processing, message not stored; "
+                         "try again later")
+        self.recipients = {}
+        return Reply(250, "2.0.0", f"Ok: stored as {msg_id}")
