@@ -120,7 +120,7 @@ def test_auth_before_tls_is_refused(server: Server) -> None:
         f.readline()
         f.write(b"EHLO x\r\nAUTH PLAIN AGFsaWNlAHg=\r\n")
         f.flush()
-        while not (line := f.readline()).startswith(b"250 "):
+        while not f.readline().startswith(b"250 "):
             pass
         reply = f.readline()
         assert reply.startswith(b"538 5.7.11"), reply

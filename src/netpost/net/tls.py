@@ -1,4 +1,4 @@
-"""TLS: a server SSLContext (TLS 1.2 or newer) and the self-signed certificate made on first start."""
+"""TLS: a server SSLContext (TLS 1.2 or newer) and the self-signed certificate."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def make_self_signed(hostname: str, cert_path: Path, key_path: Path) -> None:
     if hostname != "localhost":
         alt_names.append(x509.DNSName("localhost"))
     alt_names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -53,7 +53,9 @@ def make_self_signed(hostname: str, cert_path: Path, key_path: Path) -> None:
     os.replace(tmp_cert, cert_path)
 
 
-def ensure_certificate(data_dir: Path, hostname: str, cert: str, key: str) -> tuple[Path, Path, bool]:
+def ensure_certificate(
+    data_dir: Path, hostname: str, cert: str, key: str
+) -> tuple[Path, Path, bool]:
     """Return (certificate, key, made_now): the configured pair, or the self-signed one."""
     if cert:
         return Path(cert), Path(key), False
