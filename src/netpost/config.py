@@ -78,7 +78,8 @@ class LimitSettings:
     max_message_size: int = 50 * 1024 * 1024  # octets (SMTP SIZE, RFC 1870)
     max_recipients: int = 100  # per message (RFC 5321 4.5.3.1.8 asks for at least 100)
     max_errors: int = 20  # bad commands before the session is closed
-    idle_timeout: float = 300.0  # seconds (RFC 5321 4.5.3.2.7: 5 minutes)
+    idle_timeout: float = 300.0  # SMTP, seconds (RFC 5321 4.5.3.2.7: 5 minutes)
+    pop3_idle_timeout: float = 600.0  # seconds (RFC 1939 3: at least 10 minutes)
     max_connections_per_ip: int = 32
     max_connections: int = 2048
 
@@ -240,7 +241,8 @@ _COMMENTS = {
     "max_message_size": "octets; larger messages get 552 5.3.4",
     "max_recipients": "per message; more get 452 4.5.3",
     "max_errors": "bad commands before the session is closed",
-    "idle_timeout": "seconds a client may stay silent",
+    "idle_timeout": "seconds an SMTP client may stay silent",
+    "pop3_idle_timeout": "seconds a POP3 client may stay silent (RFC 1939: >= 600)",
     "max_connections_per_ip": "concurrent sessions from one client address",
     "max_connections": "concurrent sessions in all",
     "listeners": "listener names to trace, or [\"all\"]",

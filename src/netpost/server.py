@@ -125,7 +125,8 @@ def build_listeners(app: App, trace_log: TraceLog | None, ssl_ctx: object) -> li
             factory, refuse = _factory(app, smtp_server.SMTPSession), smtp_server.refuse_line
         listeners.append(Listener(
             spec, factory, ssl_context=ssl_ctx,  # type: ignore[arg-type]
-            idle_timeout=cfg.limits.idle_timeout,
+            idle_timeout=cfg.limits.pop3_idle_timeout if protocol == "pop3"
+            else cfg.limits.idle_timeout,
             max_connections=cfg.limits.max_connections,
             max_per_ip=cfg.limits.max_connections_per_ip, trace_log=trace_log, refuse=refuse,
         ))
