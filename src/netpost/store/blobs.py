@@ -1,0 +1,342 @@
+"""Content-addressed message files on a local filesystem.
+
+A blob lives at ``root/ab/cd/<sha256 hex>``.  It is written to ``root/tmp/<unique>`` (O_EXCL),
+fsync'd, renamed to its final name and the final directory is fsync'd, so a crash at any point
+leaves either nothing or the whole file under the final name; never a partial one.  Directories
+created on the way have their parents fsync'd too.
+
+`put_many` is the group-commit form: it writes and fsyncs every file (in a small thread pool, so
+the filesystem can fold the flushes into fewer journal commits), renames them, then fsyncs each
+distinct directory once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TypeVar
+
+from netpost.store.interfaces import BlobRef
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+_TMP = "tmp"
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class StagedBlobs:
+    """Blobs written by `FileBlobStore.stage_many`, durable once `finish`ed."""
+
+    refs: list[BlobRef]
+    dirs_to_sync: list[str]
+    dirs_made: list[str]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBlobStore:
+    """A `BlobStore` on a directory tree; safe to use from many threads at once."""
+
+    def __init__(self, root: str, *, fsync_workers: int = 8, tmp_max_age: float = 3600.0) -> None:
+        self.root = os.path.abspath(root)
+        self._tmp = os.path.join(self.root, _TMP)
+        self._dir_lock = threading.Lock()
+        # Directories known to exist with a durable entry; the store's parent is the admin's.
+        self._durable_dirs: set[str] = {os.path.dirname(self.root)}
+        self._pending_dirs: set[str] = set()
+        self._counter = itertools.count()
+        self._prefix = f"{os.getpid()}.{os.urandom(4).hex()}"
+        self._workers = max(1, fsync_workers)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        # Whatever a previous run left (directories whose parents it had not fsync'd yet, if
+        # it crashed) becomes durable here, so existing directories can be trusted.
+        if os.path.isdir(self.root):
+            os.sync()
+        self._ensure_dir(self.root)
+        self._ensure_dir(self._tmp)
+        self.cleanup_tmp(tmp_max_age)
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def _dir_of(self, sha256: str) -> str:
+        return os.path.join(self.root, sha256[:2], sha256[2:4])
+
+    def open_path(self, ref: BlobRef) -> str:
+        sha = ref.sha256
+        if len(sha) != 64 or not _HEX.issuperset(sha):
+            raise ValueError(f"not a sha256 hex digest: {sha!r}")
+        return os.path.join(self._dir_of(sha), sha)
+
+    # -- reading and deleting ----------------------------------------------------------------
+
+    def read(self, ref: BlobRef) -> bytes:
+        with open(self.open_path(ref), "rb") as f:
+            return f.read()
+
+    def exists(self, ref: BlobRef) -> bool:
+        return os.path.exists(self.open_path(ref))
+
+    def delete(self, ref: BlobRef) -> None:
+        try:
+            os.unlink(self.open_path(ref))
+        except FileNotFoundError:
+            pass
+
+    def cleanup_tmp(self, max_age: float) -> int:
+        """Remove temporary files older than `max_age` seconds (left by a crash); return count.
+
+        Younger ones may belong to a writer in another process sharing the store.
+        """
+        removed = 0
+        limit = time.time() - max_age
+        try:
+            entries = list(os.scandir(self._tmp))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < limit:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    # -- writing -----------------------------------------------------------------------------
+
+    # Directory entries.  A directory this process creates is durable once its parent has
+    # been fsync'd; until then it is "pending" and anyone who uses it fsyncs the parent too.
+    # A directory that already existed is trusted: the store's first act is a sync() that
+    # makes everything present at start durable; one made meanwhile by another process
+    # sharing the store is that process's to fsync (and on journalling filesystems such as
+    # ext4 and XFS our own fsync of the leaf directory commits its creation anyway).
+
+    def _ensure_dir(self, path: str) -> None:
+        """Make `path` exist with a durable entry (single-blob `put`)."""
+        if path in self._durable_dirs:
+            return
+        with self._dir_lock:
+            to_sync, made = self._make_dirs_locked([path])
+            for d in sorted(to_sync):
+                _fsync_dir(d)
+            self._durable_dirs.update(made)
+            self._pending_dirs.difference_update(made)
+
+    def _make_dirs(self, dirs: Sequence[str]) -> tuple[set[str], set[str]]:
+        """Create the missing `dirs` (and their parents) without waiting for fsyncs.
+
+        Return the directories whose fsync makes the new entries durable, and the directories
+        that become durable then (the caller fsyncs the first, then `_mark_durable`s the
+        second).
+        """
+        with self._dir_lock:
+            return self._make_dirs_locked(dirs)
+
+    def _make_dirs_locked(self, dirs: Sequence[str]) -> tuple[set[str], set[str]]:
+        to_sync: set[str] = set()
+        made: set[str] = set()
+        for path in dirs:
+            chain: list[str] = []
+            p = path
+            while p not in self._durable_dirs and p != os.path.dirname(p):
+                chain.append(p)
+                p = os.path.dirname(p)
+            for d in reversed(chain):
+                try:
+                    os.mkdir(d, 0o750)
+                except FileExistsError:
+                    if d not in self._pending_dirs:
+                        self._durable_dirs.add(d)  # existed before: trusted (see above)
+                        continue
+                else:
+                    self._pending_dirs.add(d)
+                to_sync.add(os.path.dirname(d))
+                made.add(d)
+        return to_sync, made
+
+    def _mark_durable(self, dirs: Sequence[str]) -> None:
+        with self._dir_lock:
+            self._durable_dirs.update(dirs)
+            self._pending_dirs.difference_update(dirs)
+
+    def _tmp_name(self) -> str:
+        return os.path.join(self._tmp, f"{self._prefix}.{next(self._counter)}")
+
+    def _create_tmp(self, data: bytes) -> tuple[str, int]:
+        """Write `data` to a fresh temporary file (not yet fsync'd); return path and fd."""
+        tmp = self._tmp_name()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        except BaseException:
+            self._discard(tmp, fd)
+            raise
+        return tmp, fd
+
+    @staticmethod
+    def _discard(tmp: str, fd: int | None = None) -> None:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+    def _write_tmp(self, data: bytes) -> str:
+        """Write `data` to a fresh temporary file and fsync it; return its path."""
+        tmp, fd = self._create_tmp(data)
+        try:
+            os.fsync(fd)
+        except BaseException:
+            self._discard(tmp, fd)
+            raise
+        os.close(fd)
+        return tmp
+
+    def _install(self, tmp: str, final: str) -> None:
+        try:
+            # Replacing an existing file is harmless: same name, same content.
+            os.replace(tmp, final)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def put(self, data: bytes) -> BlobRef:
+        ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+        directory = self._dir_of(ref.sha256)
+        final = os.path.join(directory, ref.sha256)
+        if os.path.exists(final):
+            # Dedup.  The entry might have been renamed a moment ago by another writer that
+            # has not fsync'd the directory yet: fsync it (nearly free when already clean).
+            _fsync_dir(directory)
+            return ref
+        tmp = self._write_tmp(data)
+        self._ensure_dir(directory)
+        self._install(tmp, final)
+        _fsync_dir(directory)
+        return ref
+
+    def _get_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="blob-fsync")
+        return self._pool
+
+    def _run(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R | BaseException]:
+        """Call `fn` on every item (in the pool when there are several); never raises: an
+        item's exception is returned in its place so the caller can clean up the others."""
+        if len(items) <= 1 or self._workers <= 1:
+            out: list[_R | BaseException] = []
+            for item in items:
+                try:
+                    out.append(fn(item))
+                except Exception as e:
+                    out.append(e)
+            return out
+        futures = [self._get_pool().submit(fn, item) for item in items]
+        wait(futures)
+        return [f.exception() or f.result() for f in futures]
+
+    def put_many(self, items: Sequence[bytes]) -> list[BlobRef]:
+        """Store every item durably; return their refs in order.
+
+        All files are written and fsync'd (in parallel), then renamed, then each distinct
+        final directory is fsync'd once.
+        """
+        staged = self.stage_many(items)
+        self.finish(staged)
+        return staged.refs
+
+    def finish(self, staged: StagedBlobs) -> None:
+        """Second half of `put_many`: fsync the directories (in parallel); durable after."""
+        self._sync_dirs(staged.dirs_to_sync)
+        self._mark_durable(staged.dirs_made)
+
+    def stage_many(self, items: Sequence[bytes]) -> StagedBlobs:
+        """First half of `put_many`: every file written, fsync'd and under its final name,
+        but the directory entries are not durable until `finish` (so that a pipeline can
+        overlap one batch's directory fsyncs with the next batch's file fsyncs).  A crash in
+        between loses whole files, never leaves a partial one."""
+        refs = [BlobRef(hashlib.sha256(d).hexdigest(), len(d)) for d in items]
+        todo: dict[str, bytes] = {}  # sha -> data, first occurrence, not yet stored
+        dirs: set[str] = set()
+        for ref, data in zip(refs, items, strict=True):
+            directory = self._dir_of(ref.sha256)
+            dirs.add(directory)
+            if ref.sha256 in todo:
+                continue
+            if not os.path.exists(os.path.join(directory, ref.sha256)):
+                todo[ref.sha256] = data
+        if not todo:
+            return StagedBlobs(refs, sorted(dirs), [])
+        shas = list(todo)
+        # 1. Write every file (page cache only), so that ...
+        created: list[tuple[str, int]] = []
+        try:
+            for sha in shas:
+                created.append(self._create_tmp(todo[sha]))
+        except BaseException:
+            for tmp, fd in created:
+                self._discard(tmp, fd)
+            raise
+        # 2. ... their fsyncs, issued together, share the filesystem's journal commits.
+        synced = self._run(os.fsync, [fd for _, fd in created])
+        for _, fd in created:
+            os.close(fd)
+        failed = [e for e in synced if isinstance(e, BaseException)]
+        if failed:
+            for tmp, _ in created:
+                self._discard(tmp)
+            raise failed[0]
+        # 3. Directories, then the renames: only complete files ever get a final name.
+        try:
+            new_parents, made = self._make_dirs(sorted({self._dir_of(sha) for sha in shas}))
+        except BaseException:
+            for tmp, _ in created:
+                self._discard(tmp)
+            raise
+        for i, (sha, (tmp, _)) in enumerate(zip(shas, created, strict=True)):
+            try:
+                self._install(tmp, os.path.join(self._dir_of(sha), sha))
+            except BaseException:
+                for rest, _ in created[i + 1 :]:
+                    self._discard(rest)
+                raise
+        # 4. (finish) One fsync per distinct directory: final ones and parents of new ones.
+        return StagedBlobs(refs, sorted(dirs | new_parents), sorted(made))
+
+    def _sync_dirs(self, dirs: Sequence[str]) -> None:
+        for result in self._run(_fsync_dir, dirs):
+            if isinstance(result, BaseException):
+                raise result
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None

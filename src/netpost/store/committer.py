@@ -1,0 +1,271 @@
+"""Group commit: the durable delivery path between asyncio sessions and the stores.
+
+Sessions call `GroupCommitter.deliver`; a writer thread takes everything queued while the
+previous batch was being committed, writes the batch's blobs as `FileBlobStore.put_many` does
+(files fsync'd in parallel, each directory once), appends all the metadata in one SQLite
+transaction, and only then resolves each caller's future on its own event loop.  The blob
+half and the metadata half run as a two-stage pipeline (see `_run`).  A caller that
+gets UIDs back holds a durable message ("accepted means durable"); a caller that gets an
+exception must answer with a temporary failure (SMTP 451).
+
+If a batch fails as a whole, its deliveries are retried one by one so that one bad delivery
+(an unknown mailbox, say) fails only its own caller.
+
+Garbage collection of unreferenced blobs also runs on the writer thread
+(`collect_garbage`), so it can never delete a file that a delivery in flight is reusing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from netpost.store.blobs import FileBlobStore, StagedBlobs
+from netpost.store.interfaces import Delivery, MessageMeta, StoreError
+from netpost.store.sqlite import SQLiteStore
+
+Resolver = Callable[[list[int] | None, BaseException | None], None]
+
+
+@dataclass
+class _Job:
+    data: bytes
+    meta: MessageMeta
+    mailbox_ids: Sequence[int]
+    resolve: Resolver
+
+
+@dataclass
+class _Task:
+    """Work other than a delivery that must run on the writer thread."""
+
+    fn: Callable[[], object]
+    future: concurrent.futures.Future[object] = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass
+class CommitStats:
+    batches: int = 0
+    deliveries: int = 0
+    failures: int = 0
+    largest_batch: int = 0
+
+
+def _resolve_async(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[list[int]]) -> Resolver:
+    def set_on_loop(uids: list[int] | None, exc: BaseException | None) -> None:
+        if fut.done():  # the caller was cancelled
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            assert uids is not None
+            fut.set_result(uids)
+
+    def resolve(uids: list[int] | None, exc: BaseException | None) -> None:
+        try:
+            loop.call_soon_threadsafe(set_on_loop, uids, exc)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+    return resolve
+
+
+def _resolve_sync(fut: concurrent.futures.Future[list[int]]) -> Resolver:
+    def resolve(uids: list[int] | None, exc: BaseException | None) -> None:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            assert uids is not None
+            fut.set_result(uids)
+
+    return resolve
+
+
+class GroupCommitter:
+    """Durable, batched delivery of messages into mailboxes."""
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        blobs: FileBlobStore,
+        *,
+        max_batch: int = 1000,
+        pipeline: bool = True,
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.blobs = blobs
+        self.max_batch = max_batch
+        self.stats = CommitStats()
+        self._cond = threading.Condition()
+        self._queue: list[_Job | _Task] = []
+        self._closing = False
+        # (jobs, staged blobs) from the staging thread to the commit thread; None ends it.
+        # Bounded: at most one batch waits while another commits.
+        self._staged: queue.Queue[tuple[list[_Job], StagedBlobs | None] | None] = queue.Queue(1)
+        self._commit_thread = threading.Thread(
+            target=self._run_commits, name="group-commit", daemon=True
+        )
+        self._commit_thread.start()
+        self._thread = threading.Thread(target=self._run, name="group-stage", daemon=True)
+        self._thread.start()
+
+    # -- callers -----------------------------------------------------------------------------
+
+    def _enqueue(self, item: _Job | _Task) -> None:
+        with self._cond:
+            if self._closing:
+                raise StoreError("the delivery committer is closed")
+            self._queue.append(item)
+            self._cond.notify()
+
+    async def deliver(
+        self, data: bytes, meta: MessageMeta, mailbox_ids: Sequence[int]
+    ) -> list[int]:
+        """Store `data` in each mailbox; return the UIDs once blob and metadata are durable."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[int]] = loop.create_future()
+        self._enqueue(_Job(data, meta, tuple(mailbox_ids), _resolve_async(loop, fut)))
+        return await fut
+
+    def deliver_sync(self, data: bytes, meta: MessageMeta, mailbox_ids: Sequence[int]) -> list[int]:
+        """Blocking form of `deliver`, for the command line and tests (not on an event loop)."""
+        fut: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
+        self._enqueue(_Job(data, meta, tuple(mailbox_ids), _resolve_sync(fut)))
+        return fut.result()
+
+    def collect_garbage_sync(self) -> int:
+        """Delete blobs no message references any more; return how many.  Runs on the writer
+        thread, between batches."""
+        task = _Task(self._collect_garbage)
+        self._enqueue(task)
+        result = task.future.result()
+        assert isinstance(result, int)
+        return result
+
+    async def collect_garbage(self) -> int:
+        task = _Task(self._collect_garbage)
+        self._enqueue(task)
+        result = await asyncio.wrap_future(task.future)
+        assert isinstance(result, int)
+        return result
+
+    async def close(self) -> None:
+        """Commit everything queued, then stop the writer thread."""
+        await asyncio.to_thread(self.close_sync)
+
+    def close_sync(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    # -- writer threads ----------------------------------------------------------------------
+    #
+    # A two-stage pipeline.  The staging thread takes everything queued and writes the batch's
+    # files (fsync'd, renamed); the commit thread fsyncs their directories, commits the
+    # metadata in one transaction and resolves the callers.  So batch N+1's file fsyncs
+    # overlap batch N's directory fsyncs and SQLite commit.
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing:
+                        self._cond.wait()
+                    if not self._queue:
+                        return  # closing and drained
+                    batch = self._queue[: self.max_batch]
+                    del self._queue[: self.max_batch]
+                jobs: list[_Job] = []
+                for item in batch:
+                    if isinstance(item, _Job):
+                        jobs.append(item)
+                        continue
+                    # Keep order: commit the deliveries queued before this task first, and
+                    # run the task with the pipeline empty (GC must not race a delivery).
+                    self._stage(jobs)
+                    jobs = []
+                    self._staged.join()
+                    self._run_task(item)
+                self._stage(jobs)
+        finally:
+            self._staged.put(None)
+            self._commit_thread.join()
+
+    def _stage(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        try:
+            staged: StagedBlobs | None = self.blobs.stage_many([job.data for job in jobs])
+        except Exception:
+            staged = None  # the commit thread retries them one by one
+        self._staged.put((jobs, staged))
+        if not self.pipeline:
+            self._staged.join()
+
+    def _run_commits(self) -> None:
+        while True:
+            item = self._staged.get()
+            try:
+                if item is None:
+                    return
+                jobs, staged = item
+                self._commit(jobs, staged)
+            finally:
+                self._staged.task_done()
+
+    @staticmethod
+    def _run_task(task: _Task) -> None:
+        try:
+            result = task.fn()
+        except BaseException as e:  # handed to the caller
+            task.future.set_exception(e)
+        else:
+            task.future.set_result(result)
+
+    def _commit(self, jobs: list[_Job], staged: StagedBlobs | None) -> None:
+        try:
+            if staged is None:
+                raise StoreError("blob staging failed")
+            self.blobs.finish(staged)
+            deliveries = [
+                Delivery(ref, job.meta, job.mailbox_ids)
+                for ref, job in zip(staged.refs, jobs, strict=True)
+            ]
+            uids = self.store.deliver(deliveries)
+        except Exception as e:
+            if len(jobs) == 1 and staged is not None:
+                self._fail(jobs[0], e)
+                return
+            for job in jobs:  # isolate the failing delivery
+                try:
+                    one = self.blobs.stage_many([job.data])
+                except Exception as e1:
+                    self._fail(job, e1)
+                    continue
+                self._commit([job], one)
+            return
+        self.stats.batches += 1
+        self.stats.deliveries += len(jobs)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
+        for job, job_uids in zip(jobs, uids, strict=True):
+            job.resolve(job_uids, None)
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        self.stats.failures += 1
+        job.resolve(None, exc)
+
+    def _collect_garbage(self) -> int:
+        removed = 0
+        for ref in self.store.unreferenced_blobs():
+            # File first, then row: a crash in between leaves a row GC retries, not a file
+            # nobody knows about.  No delivery can reuse the blob meanwhile: we are the writer.
+            self.blobs.delete(ref)
+            if self.store.forget_blob(ref.sha256):
+                removed += 1
+        return removed
