@@ -23,7 +23,7 @@ def test_put_read_layout(tmp_path: Path) -> None:
     sha = hashlib.sha256(b"hello\r\n").hexdigest()
     assert ref == BlobRef(sha, 7)
     path = store.open_path(ref)
-    assert path == str(tmp_path / sha[:2] / sha[2:4] / sha)
+    assert path == str(tmp_path / sha[:2] / sha)
     assert store.read(ref) == b"hello\r\n"
     assert not list((tmp_path / "tmp").iterdir())
 

@@ -69,12 +69,26 @@ class FileBlobStore:
             os.sync()
         self._ensure_dir(self.root)
         self._ensure_dir(self._tmp)
+        self._make_fanout()
         self.cleanup_tmp(tmp_max_age)
 
     # -- paths -------------------------------------------------------------------------------
 
     def _dir_of(self, sha256: str) -> str:
-        return os.path.join(self.root, sha256[:2], sha256[2:4])
+        # One level of 256 directories, all made when the store is created: a delivery never
+        # creates a directory, and a batch's renames share few directory fsyncs.
+        return os.path.join(self.root, sha256[:2])
+
+    def _make_fanout(self) -> None:
+        missing = [d for d in (os.path.join(self.root, f"{i:02x}") for i in range(256))
+                   if not os.path.isdir(d)]
+        if not missing:
+            self._durable_dirs.update(os.path.join(self.root, f"{i:02x}") for i in range(256))
+            return
+        for d in missing:
+            os.makedirs(d, 0o750, exist_ok=True)
+        _fsync_dir(self.root)
+        self._durable_dirs.update(os.path.join(self.root, f"{i:02x}") for i in range(256))
 
     def open_path(self, ref: BlobRef) -> str:
         sha = ref.sha256
