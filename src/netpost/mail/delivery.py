@@ -6,6 +6,7 @@ message content once DATA is complete.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import re
 import secrets
@@ -18,6 +19,7 @@ from netpost.store.committer import GroupCommitter
 from netpost.store.interfaces import AccountStore, MailStore
 
 MAX_ALIAS_DEPTH = 8
+DELIVERY_TIMEOUT = 120.0  # seconds
 
 # A pragmatic RFC 5321 4.1.2 Mailbox: Local-part "@" Domain (dot-atoms or a quoted local part).
 _LOCAL = r'(?:[^\s@"<>()\[\],;:\\]+|"(?:[^"\\\r\n]|\\.)*")'
@@ -120,7 +122,9 @@ class LocalDelivery:
         data = trace + content
         meta = parse_meta(data, now)
         mailbox_ids = list(dict.fromkeys(b for r in recipients for b in r.mailbox_ids))
-        await self.committer.deliver(data, meta, mailbox_ids)
+        # A stuck disk must not hold the session forever: the client gets 451 and retries
+        # (SMTP is at-least-once; a late commit then means a duplicate, never a loss).
+        await asyncio.wait_for(self.committer.deliver(data, meta, mailbox_ids), DELIVERY_TIMEOUT)
         return msg_id
 
 
