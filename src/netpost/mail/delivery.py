@@ -20,6 +20,9 @@ from netpost.store.interfaces import AccountStore, MailStore
 
 MAX_ALIAS_DEPTH = 8
 DELIVERY_TIMEOUT = 120.0  # seconds
+# Recipient lookups are cached this long: under load every message asks the same questions,
+# and accounts change only through the command line (a change applies within a second).
+RESOLVE_TTL = 1.0
 
 # A pragmatic RFC 5321 4.1.2 Mailbox: Local-part "@" Domain (dot-atoms or a quoted local part).
 _LOCAL = r'(?:[^\s@"<>()\[\],;:\\]+|"(?:[^"\\\r\n]|\\.)*")'
@@ -63,6 +66,7 @@ class LocalDelivery:
         self.mail = mail
         self.committer = committer
         self.hostname = hostname
+        self._cache: dict[str, tuple[float, Recipient | type[Exception]]] = {}
 
     def is_local_domain(self, domain: str) -> bool:
         return self.accounts.has_domain(domain.lower())
@@ -71,6 +75,22 @@ class LocalDelivery:
         """The INBOXes `address` delivers to, following aliases. Raises NotLocal or
         UnknownRecipient."""
         address = normalize(address)
+        now = time.monotonic()
+        hit = self._cache.get(address)
+        if hit is None or now - hit[0] > RESOLVE_TTL:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            try:
+                result: Recipient | type[Exception] = self._resolve(address)
+            except (NotLocal, UnknownRecipient) as exc:
+                result = type(exc)
+            hit = (now, result)
+            self._cache[address] = hit
+        if isinstance(hit[1], Recipient):
+            return hit[1]
+        raise hit[1](address)
+
+    def _resolve(self, address: str) -> Recipient:
         if address == "postmaster":  # RFC 5321 4.5.1: <postmaster> without a domain
             domains = self.accounts.list_domains()
             if not domains:
