@@ -12,12 +12,12 @@ serve: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	scripts/install-test-deps.sh
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
 	$(BIN)/mypy
 
 $(VENV)/.created:

@@ -566,6 +566,33 @@ def test_retr_normalises_bare_lf_and_missing_final_crlf() -> None:
     assert out == b"+OK 23 octets\r\nA: b\r\n\r\nbody\r\n..\r\nlast\r\n.\r\n"
 
 
+def test_retr_crlf_fast_path_same_output_and_trace() -> None:
+    content = b".first\r\nSubject: x\r\n\r\n.\r\n..\r\nmid.dle\r\n.end"
+    safe_conn, safe_log = logged_in()
+    safe = retrieve(safe_conn, b"RETR 1", content)
+    for dot_lines in (True, None):
+        conn, log = logged_in()
+        conn.receive_data(b"RETR 1\r\n")
+        assert isinstance(conn.next_event(), Retrieve)
+        if dot_lines is None:
+            conn.send_message(content, crlf=True)
+        else:
+            conn.send_message(content, crlf=True, dot_lines=dot_lines)
+        assert b"".join(conn.chunks_to_send()) == safe
+        assert conn.data_to_send() == b""
+        assert log == safe_log
+
+
+def test_retr_without_dot_lines_is_sent_uncopied() -> None:
+    conn, _ = logged_in()
+    conn.receive_data(b"RETR 2\r\n")
+    assert isinstance(conn.next_event(), Retrieve)
+    conn.send_message(MSG2, crlf=True, dot_lines=False)
+    chunks = conn.chunks_to_send()
+    assert chunks == [f"+OK {len(MSG2)} octets\r\n".encode(), MSG2, b".\r\n"]
+    assert chunks[1] is MSG2
+
+
 def test_retr_empty_message() -> None:
     conn, _ = logged_in()
     assert retrieve(conn, b"RETR 1", b"") == b"+OK 0 octets\r\n.\r\n"

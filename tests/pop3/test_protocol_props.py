@@ -213,3 +213,26 @@ def test_top_matches_reference(content: bytes, n: int) -> None:
     status, body = read_multiline(conn.data_to_send())
     assert status == b"+OK Top of message follows"
     assert body == reference_top(content, n)
+
+
+def retr_output(content: bytes, command: bytes, **kw: bool) -> bytes:
+    conn = logged_in()
+    conn.receive_data(command)
+    assert isinstance(conn.next_event(), Retrieve)
+    conn.send_message(content, **kw)
+    return conn.data_to_send()
+
+
+@FAST
+@given(content=CONTENT, n=st.one_of(st.none(), st.integers(0, 20)), final=st.booleans())
+def test_crlf_fast_path_matches_safe_path(content: bytes, n: int | None, final: bool) -> None:
+    # What the session promises with crlf=True: CRLF line ends only (the final one may be
+    # missing); dot_lines is what delivery records (parse_meta).
+    crlf = reference_normalise(content)
+    if not final:
+        crlf = crlf.removesuffix(b"\r\n")
+    dots = crlf.startswith(b".") or b"\r\n." in crlf
+    command = b"RETR 1\r\n" if n is None else f"TOP 1 {n}\r\n".encode()
+    safe = retr_output(crlf, command)
+    assert retr_output(crlf, command, crlf=True) == safe
+    assert retr_output(crlf, command, crlf=True, dot_lines=dots) == safe

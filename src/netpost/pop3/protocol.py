@@ -137,13 +137,6 @@ def _top(content: bytes, lines: int) -> bytes:
     return content[:end] + _CRLF.join(parts[:lines]) + _CRLF
 
 
-def _stuff(content: bytes) -> bytes:
-    """RFC 1939 section 3: a line starting with "." gets one more "."."""
-    if content.startswith(b"."):
-        content = b"." + content
-    return content.replace(b"\r\n.", b"\r\n..")
-
-
 class POP3Connection:
     """One POP3 server connection's protocol state."""
 
@@ -159,7 +152,7 @@ class POP3Connection:
         self.closed = False
         self.state = AUTHORIZATION
         self._trace = trace
-        self._out = bytearray()
+        self._out: list[bytes] = []  # queued output chunks, joined once per flush
         self._lines: deque[bytes | None] = deque()  # complete input lines; None = too long
         self._partial = bytearray()  # the incomplete last line
         self._skipping = False  # dropping the rest of an overlong line
@@ -178,7 +171,7 @@ class POP3Connection:
     def _send(self, line: str) -> None:
         if self._trace is not None:
             self._trace("S", line)
-        self._out += line.encode("utf-8", "replace") + _CRLF
+        self._out.append(line.encode("utf-8", "replace") + _CRLF)
 
     def _send_multi(self, status: str, lines: Sequence[str]) -> None:
         # RFC 1939 section 3: multi-line responses end with a line holding only ".".
@@ -189,7 +182,7 @@ class POP3Connection:
                 self._trace("S", line)
             self._trace("S", ".")
         body = "\r\n".join((status, *lines, ".")) + "\r\n"
-        self._out += body.encode("utf-8", "replace")
+        self._out.append(body.encode("utf-8", "replace"))
 
     def _error(self, text: str) -> None:
         """Answer a bad command; too many of them end the session."""
@@ -208,9 +201,21 @@ class POP3Connection:
         self._sasl = None
 
     def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         return data
+
+    def chunks_to_send(self) -> list[bytes]:
+        """What data_to_send() would return, as the queued chunks (for writelines(): no join).
+
+        The caller owns the returned list; the queue is empty afterwards.
+        """
+        out = self._out
+        self._out = []
+        return out
 
     def greeting(self, text: str = "netpost POP3 server ready") -> None:
         # RFC 1939 section 4: the server greets with a positive response.
@@ -579,24 +584,43 @@ class POP3Connection:
             return
         self._send("-ERR " + text)
 
-    def send_message(self, content: bytes) -> None:
+    def send_message(
+        self, content: bytes, *, crlf: bool = False, dot_lines: bool = True
+    ) -> None:
+        """Answer the pending RETR/TOP with the message `content`.
+
+        crlf=True: the caller guarantees every line of `content` already ends in CRLF (no bare
+        CR or LF; the store keeps messages so), so the line-end scan is skipped; a missing
+        final CRLF is still added. dot_lines=False: the caller guarantees no line starts with
+        "." (recorded at delivery), so the byte-stuffing scan is skipped. The defaults are safe
+        for any content.
+        """
         event = self._take(Retrieve)
         if event is None:
             return
-        content = _normalise(content)
+        if not crlf:
+            content = _normalise(content)
+        elif content and not content.endswith(_CRLF):
+            content += _CRLF
         if event.lines is None:
-            status = f"+OK {len(content)} octets"
+            status = b"+OK %d octets\r\n" % len(content)
         else:
             content = _top(content, event.lines)
-            status = "+OK Top of message follows"
+            status = b"+OK Top of message follows\r\n"
         if self._trace is not None:
-            self._trace("S", status)
+            self._trace("S", status[:-2].decode("ascii"))
             self._trace("S", f"<message: {len(content)} octets>")
         out = self._out
-        out += status.encode("ascii")
-        out += _CRLF
-        out += _stuff(content)
-        out += _TERMINATOR
+        out.append(status)
+        if dot_lines:
+            # RFC 1939 section 3: a line starting with "." gets one more "."; the first line
+            # has no CRLF before it, so its extra "." is a chunk of its own (no copy).
+            if content.startswith(b"."):
+                out.append(b".")
+            content = content.replace(b"\r\n.", b"\r\n..")
+        if content:
+            out.append(content)
+        out.append(_TERMINATOR)
 
     def send_error(self, text: str) -> None:
         if self._take(Retrieve) is None:

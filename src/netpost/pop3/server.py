@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from netpost.net.listener import Engine, Session
@@ -16,7 +17,7 @@ from netpost.pop3.protocol import (
     StartTLS,
     Update,
 )
-from netpost.store.interfaces import MessageRow
+from netpost.store.interfaces import BlobRef
 
 if TYPE_CHECKING:
     from netpost.server import App
@@ -35,6 +36,29 @@ def refuse_line(reason: str) -> bytes:
 def uidl(uidvalidity: int, uid: int) -> str:
     # DESIGN.md: UIDL is derived from UIDVALIDITY and UID, so it is stable and never reused.
     return f"{uidvalidity}.{uid}"
+
+
+_O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def read_file(path: str, size: int) -> bytes:
+    """The file's content, read with as few syscalls as possible when it has `size` octets.
+
+    Returns more than `size` octets (size + 1) if the file is longer, fewer if it is shorter.
+    """
+    fd = os.open(path, _O_READ)
+    try:
+        data = os.read(fd, size + 1)
+        if len(data) < size:  # end of file, or a short read: go on until one of the two
+            parts = [data]
+            got = len(data)
+            while got <= size and (more := os.read(fd, size + 1 - got)):
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+    finally:
+        os.close(fd)
+    return data
 
 
 class POP3Session(Session):
@@ -84,37 +108,50 @@ class POP3Session(Session):
             self.pop.reject_auth("[SYS/PERM] Mailbox unavailable")
             return
         self.mailbox_id = inbox.id
-        rows = mail.messages(inbox.id)
+        # The maildrop: one (uid, size, sha256, has_dot_lines) tuple per message, UID order;
+        # the tuple is the entry's key, the handle the Retrieve handler gets back.
+        prefix = f"{inbox.uidvalidity}."
         self.pop.accept_auth([
-            MaildropEntry(size=row.size, uidl=uidl(inbox.uidvalidity, row.uid), key=row)
-            for row in rows
+            MaildropEntry(row[1], prefix + str(row[0]), row)
+            for row in mail.maildrop(inbox.id)
         ])
 
     async def retrieve(self, event: Retrieve) -> None:
-        row: MessageRow = event.entry.key  # type: ignore[assignment]
-        blobs = self.app.blobs
+        key: tuple[int, int, str, int] = event.entry.key  # type: ignore[assignment]
+        _uid, size, sha256, dot_lines = key
         try:
-            if row.size <= INLINE_READ:
-                content = blobs.read(row.blob)
+            path = self.app.blobs.open_path(BlobRef(sha256, size))
+            if size <= INLINE_READ:
+                content = read_file(path, size)
             else:
-                content = await asyncio.to_thread(blobs.read, row.blob)
+                content = await asyncio.to_thread(read_file, path, size)
         except OSError:
-            log.exception("cannot read message %s", row.blob.sha256)
+            log.exception("cannot read message %s", sha256)
             self.pop.send_error("[SYS/TEMP] Message unavailable")
             return
-        if len(content) != row.size:
-            log.error("message %s has %d octets, expected %d", row.blob.sha256, len(content),
-                      row.size)
+        if len(content) != size:
+            log.error("message %s has %s octets, expected %d", sha256,
+                      "more" if len(content) > size else len(content), size)
             self.pop.send_error("[SYS/TEMP] Message unavailable")
             return
-        self.pop.send_message(content)
+        # Stored messages are CRLF throughout (SMTP refuses bare CR/LF, imports are converted)
+        # and has_dot_lines was recorded at delivery: the engine can skip both scans.
+        self.pop.send_message(content, crlf=True, dot_lines=bool(dot_lines))
+
+    async def flush(self) -> None:
+        # The engine queues a RETR reply as chunks (status, message, terminator): hand them
+        # to the transport as they are (writev) instead of joining them into one copy.
+        chunks = self.pop.chunks_to_send()
+        if chunks:
+            self.writer.writelines(chunks)
+            await self.writer.drain()
 
     async def update(self, event: Update) -> None:
         # RFC 1939 6: the UPDATE state removes the marked messages, then the session ends.
         if not event.deleted or self.mailbox_id is None:
             self.pop.update_done(True)
             return
-        uids = [entry.key.uid for entry in event.deleted]  # type: ignore[attr-defined]
+        uids = [entry.key[0] for entry in event.deleted]  # type: ignore[index]
         try:
             await asyncio.to_thread(self.app.store.expunge, self.mailbox_id, uids)
         except Exception:

@@ -523,6 +523,19 @@ class SQLiteStore:
         )
         return [self._message_row(r) for r in rows]
 
+    def maildrop(self, mailbox_id: int) -> list[tuple[int, int, str, int]]:
+        """(uid, size, blob sha256, has_dot_lines) of every message, in UID order.
+
+        The lean form of `messages()` for a POP3 login: the rows come straight from SQLite
+        (primary-key order, no join, no object per row beyond the tuple).
+        """
+        cursor = self._conn().execute(
+            "SELECT uid, size, sha256, has_dot_lines FROM messages WHERE mailbox_id = ? "
+            "ORDER BY uid",
+            (mailbox_id,),
+        )
+        return cursor.fetchall()
+
     def message(self, mailbox_id: int, uid: int) -> MessageRow | None:
         row = (
             self._conn()

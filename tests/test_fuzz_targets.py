@@ -1,0 +1,29 @@
+"""The fuzz targets run over their seed corpora (and random inputs) in the suite."""
+
+from __future__ import annotations
+
+import random
+
+from fuzz import fuzz_pop3, fuzz_smtp
+from fuzz.replay import corpus_files, replay
+
+
+def test_smtp_target_replays_corpus() -> None:
+    assert replay(fuzz_smtp.one_input, ["fuzz/corpus/smtp"]) >= 3
+
+
+def test_pop3_target_replays_corpus() -> None:
+    assert replay(fuzz_pop3.one_input, ["fuzz/corpus/pop3"]) >= 2
+
+
+def test_targets_survive_mutated_corpus() -> None:
+    rng = random.Random(1234)
+    for target, corpus in ((fuzz_smtp.one_input, "fuzz/corpus/smtp"),
+                           (fuzz_pop3.one_input, "fuzz/corpus/pop3")):
+        seeds = [f.read_bytes() for f in corpus_files([corpus])]
+        for _ in range(300):
+            data = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 8)):
+                pos = rng.randrange(len(data) + 1)
+                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(0, 4)))
+            target(bytes(data))
