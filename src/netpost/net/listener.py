@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,7 +46,7 @@ class Shutdown(Exception):
     """Raised inside a session that must end because the server is stopping."""
 
 
-class Session:
+class Session(ABC):
     """One connection. Subclasses set `self.conn` in `make_engine` and implement `handle`."""
 
     conn: Engine
@@ -70,15 +71,19 @@ class Session:
         self.task: asyncio.Task[None] | None = None
 
     # --- what protocol sessions provide -------------------------------------------------------
+    @abstractmethod
     def make_engine(self) -> Engine:
-        raise NotImplementedError  # abstract: every protocol session defines it
+        """Build this connection's engine (and keep a typed reference to it)."""
 
+    @abstractmethod
     async def handle(self, event: Any) -> None:
-        raise NotImplementedError  # abstract: every protocol session defines it
+        """Answer one engine event (call services, then the engine's answer method)."""
 
+    @abstractmethod
     def start(self) -> None:
         """Queue the greeting."""
 
+    @abstractmethod
     def say_goodbye(self, reason: str) -> None:
         """Queue the reply that ends the session: reason is "shutdown" or "idle"."""
 
