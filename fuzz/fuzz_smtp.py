@@ -54,19 +54,8 @@ def one_input(data: bytes) -> None:
     conn.receive_data(b"")
 
 
-def main() -> None:
-    try:
-        import atheris
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from fuzz.replay import replay
-
-        replay(one_input, sys.argv[1:] or ["fuzz/corpus/smtp"])
-        return
-    atheris.instrument_all()  # coverage of the already-imported netpost modules
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from fuzz.replay import fuzz_main
+
+    fuzz_main(one_input, "fuzz/corpus/smtp")

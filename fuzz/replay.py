@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -19,3 +20,15 @@ def replay(target: Callable[[bytes], None], paths: Iterable[str]) -> int:
         target(f.read_bytes())
     print(f"replayed {len(files)} inputs")
     return len(files)
+
+
+def fuzz_main(target: Callable[[bytes], None], default_corpus: str) -> None:
+    """Fuzz `target` with atheris when it is installed, else replay the corpus once."""
+    try:
+        import atheris
+    except ImportError:
+        replay(target, sys.argv[1:] or [default_corpus])
+        return
+    atheris.instrument_all()  # coverage of the already-imported netpost modules
+    atheris.Setup(sys.argv, target)
+    atheris.Fuzz()
