@@ -180,3 +180,25 @@ def test_pop3_snapshot_and_quit_semantics(server: Server) -> None:
     pop2.pass_(PASSWORD)
     assert pop2.stat()[0] == count + 1
     pop2.quit()
+
+
+def test_aliases_and_catch_all_are_resolved(server: Server) -> None:
+    assert server.cli("alias", "add", f"team@{DOMAIN}", f"alice@{DOMAIN}").returncode == 0
+    assert server.cli("alias", "add", f"team@{DOMAIN}", f"bob@{DOMAIN}").returncode == 0
+    assert server.cli("domain", "add", "alias.test").returncode == 0
+    assert server.cli("alias", "add", "@alias.test", f"carol@{DOMAIN}").returncode == 0
+    time.sleep(1.1)  # recipient lookups are cached for a second
+    before = {u: len(pop_all(server, f"{u}@{DOMAIN}")) for u in ("alice", "bob", "carol")}
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=30) as s:
+        s.sendmail("x@example.org", [f"team@{DOMAIN}"], make_message("to the team"))
+        s.sendmail("x@example.org", ["anyone@alias.test"], make_message("catch all"))
+    after = {u: pop_all(server, f"{u}@{DOMAIN}") for u in ("alice", "bob", "carol")}
+    assert len(after["alice"]) == before["alice"] + 1
+    assert len(after["bob"]) == before["bob"] + 1
+    assert len(after["carol"]) == before["carol"] + 1
+    assert after["carol"][-1].endswith(make_message("catch all"))
+    # An account may send as an alias that delivers to it (RFC 6409 8.1 sender check).
+    with smtplib.SMTP_SSL("127.0.0.1", server.port("submissions"), context=client_tls(),
+                          timeout=30) as s:
+        s.login(f"alice@{DOMAIN}", PASSWORD)
+        assert s.mail(f"team@{DOMAIN}")[0] == 250
