@@ -28,6 +28,8 @@ from netpost.store.sqlite import SQLiteStore
 log = logging.getLogger("netpost")
 
 DB_NAME = "netpost.db"
+GC_INTERVAL = 600.0  # seconds between collections of expunged message files
+ORPHAN_MIN_AGE = 3600.0  # a file with no row this old was left by a crash
 DEMO_PASSWORD_FILE = "demo-password"
 
 
@@ -69,8 +71,25 @@ class App:
         await asyncio.sleep(self.throttle.record_failure(peer, creds.authcid, protocol))
         return None
 
+    async def collect_garbage(self, orphans: bool = False) -> None:
+        """Remove message files nothing references: expunged ones, and with `orphans` also
+        files a crash left between writing them and committing their message."""
+        removed = await self.committer.collect_garbage(
+            ORPHAN_MIN_AGE if orphans else None)
+        if removed:
+            log.info("removed %d unreferenced message file(s)", removed)
+
+    async def collect_garbage_forever(self) -> None:
+        while True:
+            await asyncio.sleep(GC_INTERVAL)
+            try:
+                await self.collect_garbage()
+            except Exception:
+                log.exception("garbage collection failed")
+
     async def close(self) -> None:
         await self.committer.close()
+        self.blobs.close()
         self.store.close()
 
 
@@ -144,6 +163,7 @@ async def serve(data_dir: Path, config: Config,
     ssl_ctx = server_context(cert, key)
     trace_log = TraceLog(data_dir / config.trace.file) if config.trace.listeners else None
     demo = ensure_demo(app)
+    await app.collect_garbage(orphans=True)
     listeners = build_listeners(app, trace_log, ssl_ctx)
     try:
         for listener in listeners:
@@ -171,6 +191,7 @@ async def serve(data_dir: Path, config: Config,
         announce(f"protocol trace: {trace_log.path} (follow it with `netpost trace`)")
     announce("ready")
 
+    gc_task = asyncio.create_task(app.collect_garbage_forever())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -178,6 +199,7 @@ async def serve(data_dir: Path, config: Config,
     await stop.wait()
 
     log.info("stopping: no new connections; finishing transactions in flight")
+    gc_task.cancel()
     for listener in listeners:
         listener.stop_accepting()
     deadline = loop.time() + config.server.shutdown_grace

@@ -121,11 +121,15 @@ class LocalDelivery:
                 self._expand(target, boxes, seen, depth + 1)
 
     def owns(self, account_address: str, sender: str) -> bool:
-        """May the logged-in account use `sender` as MAIL FROM (own address or an alias of it)?"""
+        """May the logged-in account use `sender` as MAIL FROM? Its own address, or an exact
+        alias that delivers to it; never another account's address, never via a catch-all."""
         sender = normalize(sender)
         if sender == account_address:
             return True
-        return account_address in {normalize(t) for t in self.accounts.alias_targets(sender)}
+        if self.accounts.get_account(sender) is not None:
+            return False
+        targets = self.accounts.alias_targets(sender, catch_all=False)
+        return account_address in {normalize(t) for t in targets}
 
     async def deliver(self, content: bytes, *, mail_from: str, recipients: Sequence[Recipient],
                       helo: str | None, client_ip: str, with_protocol: str,

@@ -47,7 +47,8 @@ class Shutdown(Exception):
 
 
 class Session(ABC):
-    """One connection. Subclasses set `self.conn` in `make_engine` and implement `handle`."""
+    """One connection. Subclasses build the engine in `make_engine` and answer its events in
+    `handle`."""
 
     conn: Engine
 
@@ -96,7 +97,7 @@ class Session(ABC):
         self.task = asyncio.current_task()
         self.conn = self.make_engine()
         idle = self.listener.idle_timeout
-        timer = self.loop.call_later(idle, self._check_idle)
+        self._idle_timer = self.loop.call_later(idle, self._check_idle)
         try:
             self.start()
             await self.flush()
@@ -112,7 +113,7 @@ class Session(ABC):
         except Exception:
             log.exception("%s %s: session failed", self.listener.spec.name, self.peer)
         finally:
-            timer.cancel()
+            self._idle_timer.cancel()
             if self.trace is not None:
                 self.trace("*", "closed")
             self.writer.close()
@@ -147,6 +148,14 @@ class Session(ABC):
         await self.flush()
         ctx = self.listener.ssl_context
         assert ctx is not None
+        # RFC 3207 4.2 / RFC 2595 4: nothing the client sent in plaintext after the command
+        # may be read as if it came over TLS (CVE-2011-0411). The engine dropped what it had;
+        # the stream may still hold more (reads are bounded, or bytes came in meanwhile).
+        buffered = self.reader._buffer  # type: ignore[attr-defined]  # no public way
+        if buffered:
+            log.warning("%s %s: dropped %d plaintext octets pipelined after STARTTLS",
+                        self.listener.spec.name, self.peer, len(buffered))
+            buffered.clear()
         await self.writer.start_tls(ctx)
         self.tls_active = True
         self.conn.tls_started()
@@ -165,7 +174,7 @@ class Session(ABC):
         if quiet >= idle and not self.busy:
             self.interrupt("idle")
         else:
-            self.loop.call_later(max(idle - quiet, 1.0), self._check_idle)
+            self._idle_timer = self.loop.call_later(max(idle - quiet, 1.0), self._check_idle)
 
     def interrupt(self, reason: str) -> None:
         if self.task is not None and self.stop_reason is None:
@@ -235,6 +244,8 @@ class Listener:
         self.sessions.add(session)
         try:
             await session.run()
+        except asyncio.CancelledError:
+            pass  # this task is the connection's top level: cancelled means it is over
         finally:
             self.sessions.discard(session)
             left = self.per_ip[peer] - 1
@@ -251,6 +262,9 @@ class Listener:
             session.stop_if_idle()
 
     def kill_all(self) -> None:
+        """The grace period is over: every session says goodbye (421 / -ERR) and ends."""
         for session in list(self.sessions):
-            if session.task is not None:
+            if session.stop_reason is None:
+                session.interrupt("shutdown")
+            elif session.task is not None:
                 session.task.cancel()

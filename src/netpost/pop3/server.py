@@ -27,6 +27,7 @@ log = logging.getLogger("netpost.pop3")
 # Messages up to this size are read on the event loop (page cache, microseconds); bigger ones
 # in a thread so that one large RETR does not stall other sessions.
 INLINE_READ = 1024 * 1024
+FLUSH_AFTER = 4 * 1024 * 1024  # octets of queued replies before waiting for the socket
 
 
 def refuse_line(reason: str) -> bytes:
@@ -73,6 +74,7 @@ class POP3Session(Session):
         )
         self.pop = POP3Connection(settings, tls_active=self.tls_active, trace=self.trace)
         self.mailbox_id: int | None = None
+        self.unflushed = 0
         return self.pop
 
     def start(self) -> None:
@@ -98,6 +100,13 @@ class POP3Session(Session):
             raise TypeError(f"unexpected event {event!r}")
 
     async def login(self, event: AuthRequest) -> None:
+        try:
+            await self._login(event)
+        except Exception:
+            log.exception("pop3 %s: login failed on a server error", self.peer)
+            self.pop.reject_auth("[SYS/TEMP] Temporary problem, try again later")
+
+    async def _login(self, event: AuthRequest) -> None:
         account = await self.app.login(event.credentials, self.peer, "pop3")
         if account is None:
             self.pop.reject_auth("[AUTH] Authentication failed")
@@ -137,11 +146,17 @@ class POP3Session(Session):
         # Stored messages are CRLF throughout (SMTP refuses bare CR/LF, imports are converted)
         # and has_dot_lines was recorded at delivery: the engine can skip both scans.
         self.pop.send_message(content, crlf=True, dot_lines=bool(dot_lines))
+        # Backpressure: a client may pipeline thousands of RETRs and never read; once a few
+        # MiB are queued, hand them to the socket and wait for it to drain.
+        self.unflushed += size
+        if self.unflushed > FLUSH_AFTER:
+            await self.flush()
 
     async def flush(self) -> None:
         # The engine queues a RETR reply as chunks (status, message, terminator): hand them
         # to the transport as they are (writev) instead of joining them into one copy.
         chunks = self.pop.chunks_to_send()
+        self.unflushed = 0
         if chunks:
             self.writer.writelines(chunks)
             await self.writer.drain()

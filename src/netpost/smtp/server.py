@@ -67,20 +67,32 @@ class SMTPSession(Session):
 
     async def handle(self, event: Any) -> None:
         smtp = self.smtp
-        if isinstance(event, RcptTo):
-            smtp.send(self.rcpt(event.address))
-        elif isinstance(event, MessageData):
-            smtp.send(await self.data(event))
-        elif isinstance(event, MailFrom):
-            smtp.send(self.mail_from(event.address))
-        elif isinstance(event, StartTLS):
+        if isinstance(event, StartTLS):
             await self.start_tls()
-        elif isinstance(event, AuthRequest):
-            account = await self.app.login(event.credentials, self.peer, "smtp")
-            if account is None:
-                smtp.reject_auth()
+            return
+        try:
+            if isinstance(event, RcptTo):
+                smtp.send(self.rcpt(event.address))
+            elif isinstance(event, MessageData):
+                smtp.send(await self.data(event))
+            elif isinstance(event, MailFrom):
+                smtp.send(self.mail_from(event.address))
+            elif isinstance(event, AuthRequest):
+                account = await self.app.login(event.credentials, self.peer, "smtp")
+                if account is None:
+                    smtp.reject_auth()
+                else:
+                    smtp.accept_auth(account.address)
+        except Exception:
+            # A store failure (disk full, database locked too long) is the server's problem:
+            # the client gets a temporary error and may retry (RFC 5321 4.2.5).
+            log.exception("%s %s: cannot answer %s", self.listener.spec.name, self.peer,
+                          type(event).__name__)
+            if isinstance(event, AuthRequest):
+                # RFC 4954 6: 454 4.7.0 Temporary authentication failure.
+                smtp.reject_auth(Reply(454, "4.7.0", "Temporary authentication failure"))
             else:
-                smtp.accept_auth(account.address)
+                smtp.send(Reply(451, "4.3.0", "Temporary local problem, try again later"))
 
     def mail_from(self, address: str) -> Reply:
         self.recipients = {}

@@ -17,7 +17,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
@@ -110,6 +110,20 @@ class FileBlobStore:
             os.unlink(self.open_path(ref))
         except FileNotFoundError:
             pass
+
+    def stored(self) -> Iterator[tuple[str, float]]:
+        """(sha256, modification time) of every blob file, directory by directory."""
+        for i in range(256):
+            try:
+                entries = list(os.scandir(os.path.join(self.root, f"{i:02x}")))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if len(entry.name) == 64 and _HEX.issuperset(entry.name):
+                    try:
+                        yield entry.name, entry.stat().st_mtime
+                    except FileNotFoundError:
+                        pass
 
     def cleanup_tmp(self, max_age: float) -> int:
         """Remove temporary files older than `max_age` seconds (left by a crash); return count.

@@ -21,11 +21,12 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from netpost.store.blobs import FileBlobStore, StagedBlobs
-from netpost.store.interfaces import Delivery, MessageMeta, StoreError
+from netpost.store.interfaces import BlobRef, Delivery, MessageMeta, StoreError
 from netpost.store.sqlite import SQLiteStore
 
 Resolver = Callable[[list[int] | None, BaseException | None], None]
@@ -138,17 +139,19 @@ class GroupCommitter:
         self._enqueue(_Job(data, meta, tuple(mailbox_ids), _resolve_sync(fut)))
         return fut.result()
 
-    def collect_garbage_sync(self) -> int:
+    def collect_garbage_sync(self, orphans_older_than: float | None = None) -> int:
         """Delete blobs no message references any more; return how many.  Runs on the writer
-        thread, between batches."""
-        task = _Task(self._collect_garbage)
+        thread, between batches.  With `orphans_older_than` (seconds) also delete blob files
+        that have no row at all and are at least that old: left by a crash between writing
+        a file and committing its message (this scans every blob file)."""
+        task = _Task(lambda: self._collect_garbage(orphans_older_than))
         self._enqueue(task)
         result = task.future.result()
         assert isinstance(result, int)
         return result
 
-    async def collect_garbage(self) -> int:
-        task = _Task(self._collect_garbage)
+    async def collect_garbage(self, orphans_older_than: float | None = None) -> int:
+        task = _Task(lambda: self._collect_garbage(orphans_older_than))
         self._enqueue(task)
         result = await asyncio.wrap_future(task.future)
         assert isinstance(result, int)
@@ -260,12 +263,40 @@ class GroupCommitter:
         self.stats.failures += 1
         job.resolve(None, exc)
 
-    def _collect_garbage(self) -> int:
+    def _collect_garbage(self, orphans_older_than: float | None = None) -> int:
         removed = 0
+        if orphans_older_than is not None:
+            removed += self._sweep_orphans(orphans_older_than)
         for ref in self.store.unreferenced_blobs():
             # File first, then row: a crash in between leaves a row GC retries, not a file
             # nobody knows about.  No delivery can reuse the blob meanwhile: we are the writer.
             self.blobs.delete(ref)
             if self.store.forget_blob(ref.sha256):
                 removed += 1
+        return removed
+
+    def _sweep_orphans(self, min_age: float) -> int:
+        # Runs with the pipeline empty (a _Task): no delivery can be about to reference one
+        # of these files.  The age bound spares files of another process sharing the store.
+        limit = time.time() - min_age
+        removed = 0
+        batch: list[str] = []
+
+        def flush() -> int:
+            gone = 0
+            known = self.store.known_blobs(batch)
+            for sha in batch:
+                if sha not in known:
+                    self.blobs.delete(BlobRef(sha, 0))
+                    gone += 1
+            batch.clear()
+            return gone
+
+        for sha, mtime in self.blobs.stored():
+            if mtime < limit:
+                batch.append(sha)
+                if len(batch) >= 500:
+                    removed += flush()
+        if batch:
+            removed += flush()
         return removed

@@ -13,6 +13,7 @@ a delivery that reuses the same content).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -197,10 +198,14 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # After a failed COMMIT SQLite may already have rolled back (SQLITE_FULL, IOERR):
+            # never leave this thread's connection inside a transaction, never mask the error.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -372,13 +377,14 @@ class SQLiteStore:
         rows = self._conn().execute("SELECT source, target FROM aliases ORDER BY source, target")
         return [(r[0], r[1]) for r in rows]
 
-    def alias_targets(self, source: str) -> list[str]:
-        """Targets of the exact address, else of its domain's catch-all; [] when neither."""
+    def alias_targets(self, source: str, *, catch_all: bool = True) -> list[str]:
+        """Targets of the exact address, else (unless catch_all is False) of its domain's
+        catch-all; [] when neither."""
         s = source.strip().lower()
         conn = self._conn()
         query = "SELECT target FROM aliases WHERE source = ? ORDER BY target"
         targets = [r[0] for r in conn.execute(query, (s,))]
-        if not targets and not s.startswith("@") and "@" in s:
+        if catch_all and not targets and not s.startswith("@") and "@" in s:
             targets = [r[0] for r in conn.execute(query, ("@" + s.rpartition("@")[2],))]
         return targets
 
@@ -614,6 +620,17 @@ class SQLiteStore:
     def unreferenced_blobs(self) -> list[BlobRef]:
         rows = self._conn().execute("SELECT sha256, size FROM blobs WHERE refcount = 0")
         return [BlobRef(r[0], r[1]) for r in rows]
+
+    def known_blobs(self, shas: Sequence[str]) -> set[str]:
+        """Which of these blobs have a row (referenced now, or awaiting collection)."""
+        conn = self._conn()
+        known: set[str] = set()
+        for i in range(0, len(shas), 500):
+            part = shas[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(f"SELECT sha256 FROM blobs WHERE sha256 IN ({marks})", part)
+            known.update(r[0] for r in rows)
+        return known
 
     def forget_blob(self, sha256: str) -> bool:
         """Drop the blob's row if it is still unreferenced; True when dropped."""
