@@ -162,3 +162,19 @@ def test_trace_shows_conversation_with_secrets_redacted(tmp_path: Path) -> None:
     finally:
         follower.kill()
         srv.stop()
+
+
+def test_zero_limits_are_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict({"limits": {"idle_timeout": 0}})
+    assert "limits.idle_timeout must be greater than 0" in str(info.value)
+
+
+def test_throttle_memory_is_bounded() -> None:
+    from netpost.auth.throttle import FailureThrottle
+
+    t = FailureThrottle(0.1, 1.0, 60.0, max_tracked=3)
+    for i in range(10):
+        t.record_failure(f"10.0.0.{i}", "x", "test")
+    assert t.failures("10.0.0.9") == 1 and t.failures("10.0.0.0") == 0
+    assert t.record_failure("10.0.0.9", "x", "test") == 0.2  # doubled for a repeat offender

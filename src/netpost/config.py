@@ -188,7 +188,17 @@ def set_listen(listen: dict[str, str], name: str, value: Any) -> None:
     listen[name] = value
 
 
+# Settings where 0 would make the server unusable (every session closed at once...).
+_POSITIVE = ("limits.max_message_size", "limits.max_recipients", "limits.max_errors",
+             "limits.idle_timeout", "limits.pop3_idle_timeout", "limits.max_connections_per_ip",
+             "limits.max_connections")
+
+
 def validate(cfg: Config) -> None:
+    for key in _POSITIVE:
+        section, _, name = key.partition(".")
+        if getattr(getattr(cfg, section), name) <= 0:
+            raise ConfigError(f"{key} must be greater than 0")
     for name in cfg.trace.listeners:
         if name != "all" and name not in LISTENERS:
             raise ConfigError(f"trace.listeners: unknown listener {name!r}")

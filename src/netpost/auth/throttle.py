@@ -33,10 +33,11 @@ class FailureThrottle:
         """Count a failure; return the delay (seconds) to wait before answering it."""
         now = time.monotonic()
         count = self.failures(address, now) + 1
-        if len(self._failures) >= self.max_tracked and address not in self._failures:
-            # Bounded memory: forget the oldest entry.
-            oldest = min(self._failures, key=lambda a: self._failures[a][1])
-            del self._failures[oldest]
+        # Re-insert so that the dict's order is the order of last failure: when the table is
+        # full, the first key is the address forgiven first (bounded memory, O(1)).
+        self._failures.pop(address, None)
+        if len(self._failures) >= self.max_tracked:
+            del self._failures[next(iter(self._failures))]
         self._failures[address] = (count, now)
         delay = min(self.maximum, self.base * (2 ** (count - 1)))
         log.warning("%s login failed for %r from %s (failure %d, delaying %.1fs)",
