@@ -229,6 +229,55 @@ def test_peer_eof_closes() -> None:
     assert c.conn.closed
 
 
+def assert_input_released(conn: SMTPConnection) -> None:
+    assert len(conn._buf) == 0 and conn._pos == 0 and conn._line_scan == 0
+    assert len(conn._chunks) == 0 and conn._chunks_total == 0
+    assert conn._d_scan == conn._d_chk == conn._d_dropped == 0 and not conn._d_oversize
+    assert conn._b_remaining == 0 and not conn._b_keep
+
+
+def test_peer_eof_mid_data_releases_buffers() -> None:
+    c = in_txn()
+    c.feed(b"DATA\r\n" + b"x" * 100_000 + b"\r\n")
+    assert len(c.conn._buf) > 100_000
+    assert c.feed(b"") == b""
+    assert c.conn.closed and not c.conn.in_transaction
+    assert_input_released(c.conn)
+    assert c.messages() == []
+
+
+def test_peer_eof_mid_bdat_releases_buffers() -> None:
+    c = in_txn()
+    c.feed(b"BDAT 50000\r\n" + b"x" * 50_000 + b"BDAT 100000 LAST\r\n" + b"y" * 60_000)
+    assert len(c.conn._chunks) == 110_000
+    c.feed(b"")
+    assert c.conn.closed and not c.conn.in_transaction
+    assert_input_released(c.conn)
+
+
+def test_peer_eof_mid_line_releases_buffers() -> None:
+    c = ready()
+    c.feed(b"MAIL FROM:<a@example.org")
+    c.feed(b"")
+    assert_input_released(c.conn)
+
+
+def test_finished_message_not_kept_buffered() -> None:
+    c = in_txn()
+    out = c.replies(b"DATA\r\n" + b"x" * 100_000 + b"\r\n.\r\nNOOP\r\n")
+    assert out == ["354 End data with <CR><LF>.<CR><LF>", "250 2.0.0 OK", "250 2.0.0 OK"]
+    assert len(c.conn._buf) - c.conn._pos < 10 and len(c.conn._buf) < 1000
+    c.feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n")
+    c.feed(b"BDAT 100000 LAST\r\n" + b"y" * 100_000)
+    assert len(c.conn._buf) < 1000 and len(c.conn._chunks) == 0
+    assert [len(m.data) for m in c.messages()] == [100_002, 100_000]
+    # pipelined messages in one read: all delivered, nothing left over
+    c.feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n1\r\n.\r\n"
+           b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n2\r\n.\r\n")
+    assert [m.data for m in c.messages()[2:]] == [b"1\r\n", b"2\r\n"]
+    assert len(c.conn._buf) - c.conn._pos == 0
+
+
 # --- MAIL -------------------------------------------------------------------------------------
 
 
@@ -896,6 +945,51 @@ def test_session_rejections_count_as_errors() -> None:
     assert c.conn.closed
 
 
+def reject_unknown(conn: SMTPConnection, event: Event) -> None:
+    if isinstance(event, RcptTo) and event.address.startswith("gone"):
+        conn.send(Reply(550, "5.1.1", "User unknown"))
+    else:
+        conn.send(OK)
+
+
+def unknown_rcpts(n: int, start: int = 0) -> bytes:
+    return b"".join(b"RCPT TO:<gone%d@x.example>\r\n" % i for i in range(start, start + n))
+
+
+def test_delivered_message_resets_error_count() -> None:
+    # Postfix smtpd_hard_error_limit: errors a client may make without delivering mail.
+    c = ready(answer=reject_unknown)  # max_errors=20
+    out = c.replies(b"MAIL FROM:<list@example.org>\r\n" + unknown_rcpts(15)
+                    + b"RCPT TO:<ok@x.example>\r\nDATA\r\nhi\r\n.\r\n")
+    assert out[-1] == "250 2.0.0 OK" and out.count("550 5.1.1 User unknown") == 15
+    out = c.replies(b"MAIL FROM:<list@example.org>\r\n" + unknown_rcpts(15, 15)
+                    + b"RCPT TO:<ok2@x.example>\r\nBDAT 2 LAST\r\nhi")
+    assert not c.conn.closed
+    assert "421 4.7.0 Too many errors, closing connection" not in out
+    assert out[-1] == "250 2.0.0 OK"
+    assert [m.recipients for m in c.messages()] == [("ok@x.example",), ("ok2@x.example",)]
+    # ... and counting goes on after the reset
+    out = c.replies(b"MAIL FROM:<list@example.org>\r\n" + unknown_rcpts(20, 30))
+    assert out[-1] == "421 4.7.0 Too many errors, closing connection"
+    assert c.conn.closed
+
+
+def test_errors_without_delivery_still_close() -> None:
+    c = ready(answer=reject_unknown)
+    out = c.replies(b"MAIL FROM:<a@example.org>\r\n" + unknown_rcpts(20) + b"NOOP\r\n")
+    assert out[1:] == ["550 5.1.1 User unknown"] * 20 + [
+        "421 4.7.0 Too many errors, closing connection"]
+    assert c.conn.closed
+
+
+def test_rejected_message_does_not_reset_error_count() -> None:
+    c = ready(max_errors=3, answer=lambda conn, e: conn.send(
+        Reply(554, "5.7.1", "no") if isinstance(e, MessageData) else OK))
+    out = c.replies(b"FOO\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@x.example>\r\n"
+                    b"DATA\r\nx\r\n.\r\nBAR\r\n")
+    assert out[-1] == "421 4.7.0 Too many errors, closing connection"
+
+
 def test_close_from_session() -> None:
     c = in_txn()
     c.conn.close(Reply(421, "4.4.2", "Idle timeout, closing connection"))
@@ -925,6 +1019,31 @@ def test_trace_redacts_auth_and_message() -> None:
     assert server[0] == "220 mx.example ESMTP netpost"
     assert "354 End data with <CR><LF>.<CR><LF>" in server
     assert "334 VXNlcm5hbWU6" in server
+
+
+def test_trace_redacts_auth_lines_that_are_not_utf8() -> None:
+    c = auth_client(answer=lambda conn, e: conn.reject_auth())
+    secret = plain("bob", "secret")
+    assert c.one(f"AUTH PLAIN {secret}".encode() + b"\xff\r\n") == (
+        "500 5.5.2 Syntax error: command is not valid UTF-8")
+    c.feed(f"auth plain \xff{secret}\r\n".encode("latin-1"))
+    c.feed(f"AUTH {secret} \xff\r\n".encode("latin-1"))  # no mechanism: all redacted
+    c.feed(f"AUTH\t{secret}\xff\r\n".encode("latin-1"))
+    c.feed(f"AUTH \xffPLAIN {secret}\r\n".encode("latin-1"))
+    c.feed(b"AUTH x-Custom\r\nAUTH CRAM-MD5\r\nAUTH\r\n")
+    # SASL continuation lines are redacted whatever they contain
+    assert c.lines(b"AUTH LOGIN\r\n") == ["334 VXNlcm5hbWU6"]
+    assert c.one(f"{b64(b'bob')}\xff\r\n".encode("latin-1")).startswith("501 5.5.2")
+    assert c.lines(b"AUTH PLAIN\r\n") == ["334 "]
+    c.feed(secret.encode() + b"\xfe\xff\r\n")
+    client = [line for d, line in c.trace if d == "C"]
+    assert client == [
+        "EHLO client.example", "AUTH PLAIN <redacted>", "AUTH PLAIN <redacted>",
+        "AUTH <redacted>", "AUTH <redacted>", "AUTH <redacted>", "AUTH <redacted>",
+        "AUTH CRAM-MD5", "AUTH", "AUTH LOGIN", "<redacted>", "AUTH PLAIN", "<redacted>",
+    ]
+    assert not any(secret in line or b64(b"bob") in line for _, line in c.trace)
+    assert c.events == []
 
 
 def test_output_lines_well_formed() -> None:

@@ -262,6 +262,31 @@ def _parse_params(text: str) -> dict[str, str | None] | None:
     return params
 
 
+_SASL_MECH_RE = re.compile(rb"[A-Z0-9_-]{1,20}")  # RFC 4422 3.1 sasl-mech (upper case)
+
+
+def _redacted_auth(raw: bytes | bytearray) -> str:
+    """The trace form of a command line starting with "AUTH": never its SASL data.
+
+    "AUTH <MECH> <redacted>" or "AUTH <MECH>" when the mechanism name looks like one
+    (a known mechanism in any case, or an upper-case RFC 4422 name), else "AUTH <redacted>".
+    """
+    rest = bytes(raw[4:])
+    if not rest:
+        return "AUTH"
+    if rest[:1] != b" ":
+        return "AUTH <redacted>"  # "AUTH\t...", "AUTHx...": unknown framing, show nothing
+    words = rest.split()
+    if not words:
+        return "AUTH"
+    mech = words[0]
+    known = mech.upper().decode("ascii", "replace") in sasl.MECHANISMS
+    if not known and _SASL_MECH_RE.fullmatch(mech) is None:
+        return "AUTH <redacted>"
+    shown = "AUTH " + mech.upper().decode("ascii")
+    return shown + " <redacted>" if len(words) > 1 else shown
+
+
 # --- the engine -------------------------------------------------------------------------------
 
 _CMD, _DATA, _BDAT, _AUTH, _TLS_WAIT = range(5)
@@ -343,7 +368,12 @@ class SMTPConnection:
         if self.closed:
             return
         if not data:
-            self.closed = True  # the peer closed its side
+            # The peer closed its side: nothing more will be read, so let go of the input
+            # and any half-received message now (up to max_message_size of DATA/BDAT).
+            self.closed = True
+            self._release_input()
+            self._reset_txn()
+            self._mode = _CMD
             return
         if self._mode == _TLS_WAIT:
             return  # RFC 3207 5: never act on plaintext sent before the TLS handshake
@@ -417,6 +447,11 @@ class SMTPConnection:
                 self._recipients.append(event.address)
         else:  # MessageData: any reply ends the transaction
             self._reset_txn()
+            if ok:
+                # Like Postfix's smtpd_hard_error_limit: errors a client may make *without
+                # delivering mail*.  An MTA relaying a list with some stale addresses over one
+                # connection must not be cut off while its good mail gets through.
+                self._errors = 0
         self._answer(reply)
         if reply.code == 421 and not self.closed:
             self._shutdown()  # RFC 5321 3.8: 421 means the server closes the channel
@@ -448,10 +483,7 @@ class SMTPConnection:
         self._pending = None
         if self._mode == _TLS_WAIT:
             self._mode = _CMD
-        self._buf.clear()
-        self._pos = 0
-        self._line_scan = 0
-        self._discarding = False
+        self._release_input()
 
     def close(self, reply: Reply) -> None:
         if self.closed:
@@ -488,9 +520,36 @@ class SMTPConnection:
         self.closed = True
         self._pending = None
         self._mode = _CMD
-        self._buf.clear()
-        self._pos = 0
+        self._release_input()
         self._chunks = bytearray()
+
+    def _release_input(self) -> None:
+        """Drop all buffered input and DATA/BDAT progress (frees the memory)."""
+        self._buf = bytearray()  # a new object: clear() may keep a big allocation around
+        self._pos = 0
+        self._line_scan = 0
+        self._discarding = False
+        self._d_first = False
+        self._d_scan = 0
+        self._d_chk = 0
+        self._d_dropped = 0
+        self._d_oversize = False
+        self._b_remaining = 0
+        self._b_size = 0
+        self._b_last = False
+        self._b_keep = False
+        self._b_error = None
+
+    def _compact(self) -> None:
+        """Drop the consumed input (a finished message) instead of keeping it buffered.
+
+        Only when more was consumed than is left: copying the rest then costs no more than
+        what was consumed, so many small pipelined chunks stay linear, not quadratic.
+        """
+        pos = self._pos
+        if pos and pos >= len(self._buf) - pos:
+            self._buf = self._buf[pos:]  # a new, right-sized object; the old one is freed
+            self._pos = 0
 
     def _trace_c(self, line: str) -> None:
         if self._trace is not None:
@@ -537,20 +596,20 @@ class SMTPConnection:
     # --- commands -----------------------------------------------------------------------------
 
     def _handle_command(self, raw: bytearray) -> Event | None:
+        # Trace before decoding, with AUTH redaction decided on the bytes: a line that is
+        # not valid UTF-8 must not leak an initial response either.
+        if self._trace is not None:
+            if raw[:4].upper() == b"AUTH":
+                self._trace_c(_redacted_auth(raw))
+            else:
+                self._trace_c(raw.decode("utf-8", "replace"))
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            self._trace_c(raw.decode("utf-8", "replace"))
             self._answer(R_BAD_UTF8)
             return None
         verb, _, arg = line.partition(" ")
         verb = verb.upper()
-        if verb == "AUTH":
-            words = arg.split()
-            shown = " ".join(["AUTH", *words[:1]] + (["<redacted>"] if len(words) > 1 else []))
-            self._trace_c(shown)
-        else:
-            self._trace_c(line)
         # A CR inside a command line, NUL or other controls: never let them through.
         if _CTRL_RE.search(line) is not None:
             self._answer(R_BAD_CHARS)
@@ -971,11 +1030,13 @@ class SMTPConnection:
         self._mode = _CMD
         if self._d_oversize:
             self._trace_c(f"<message: {content_end - pos + self._d_dropped} octets>")
+            self._compact()
             self._reset_txn()
             self._answer(R_TOO_BIG)  # RFC 5321 4.5.3.1.10, RFC 1870
             return None
         with memoryview(buf) as view:
             data = bytes(view[pos:content_end])  # one copy
+        self._compact()  # the raw content is not kept until the next receive_data()
         # RFC 5321 4.5.2: a line's leading period is removed.
         if data[:1] == b".":
             data = data[1:]
@@ -1000,6 +1061,7 @@ class SMTPConnection:
         if self._b_remaining:
             return _NEED
         self._mode = _CMD
+        self._compact()
         size = self._b_size
         self._chunks_total += size
         if self._b_error is not None:
