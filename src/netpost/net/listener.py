@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import ssl
 from abc import ABC, abstractmethod
@@ -42,8 +43,15 @@ class ListenerSpec:
     traced: bool
 
 
-class Shutdown(Exception):
-    """Raised inside a session that must end because the server is stopping."""
+def client_key(address: str) -> str:
+    """What the per-client connection limit counts: the IPv4 address, or the IPv6 /64 (one
+    IPv6 host usually owns a whole /64, so single addresses would be no limit at all)."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    except ValueError:
+        return address
 
 
 class Session(ABC):
@@ -228,7 +236,8 @@ class Listener:
         if self.stopping:
             writer.close()
             return
-        count = self.per_ip.get(peer, 0)
+        peer_key = client_key(peer)
+        count = self.per_ip.get(peer_key, 0)
         if count >= self.max_per_ip or len(self.sessions) >= self.max_connections:
             # RFC 5321 3.8 / RFC 2449 8: refuse with the protocol's temporary error.
             why = "too many connections from your address" if count >= self.max_per_ip \
@@ -239,7 +248,7 @@ class Listener:
                 await writer.drain()
             writer.close()
             return
-        self.per_ip[peer] = count + 1
+        self.per_ip[peer_key] = count + 1
         session = self.factory(self, reader, writer, peer)
         self.sessions.add(session)
         try:
@@ -248,11 +257,11 @@ class Listener:
             pass  # this task is the connection's top level: cancelled means it is over
         finally:
             self.sessions.discard(session)
-            left = self.per_ip[peer] - 1
+            left = self.per_ip[peer_key] - 1
             if left:
-                self.per_ip[peer] = left
+                self.per_ip[peer_key] = left
             else:
-                del self.per_ip[peer]
+                del self.per_ip[peer_key]
 
     def stop_accepting(self) -> None:
         self.stopping = True
