@@ -6,17 +6,15 @@ import argparse
 import getpass
 import logging
 import os
-import re
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from netpost import __version__
 from netpost.config import ConfigError, load, render_default, set_listen
+from netpost.mail import address as names
 
 CONFIG_NAME = "netpost.toml"
-DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
-                       r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class CLIError(Exception):
@@ -27,21 +25,41 @@ def data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data or os.environ.get("NETPOST_DATA") or "./netpost-data")
 
 
+def _bad_domain(name: str) -> CLIError:
+    return CLIError(f"{name!r} is not a valid domain name (like example.org)")
+
+
 def check_domain(name: str) -> str:
-    name = name.strip().lower().rstrip(".")
-    if not DOMAIN_RE.match(name):
-        raise CLIError(f"{name!r} is not a valid domain name (like example.org)")
-    return name
+    """The canonical form of domain `name` (rules: netpost.mail.address), or CLIError."""
+    try:
+        return names.parse_domain(name)
+    except names.InvalidDomain:
+        raise _bad_domain(names.normalize_domain(name)) from None
+
+
+def _bad_address(address: str, exc: names.InvalidAddress, what: str) -> CLIError:
+    if exc.bad_domain is not None:
+        return _bad_domain(exc.bad_domain)
+    return CLIError(f"{names.normalize_address(address)!r} is not a valid {what} "
+                    "(like alice@example.org)")
 
 
 def check_address(address: str, what: str = "address") -> str:
-    from netpost.mail.delivery import valid_address
+    """The canonical form of `address`, or CLIError naming it as `what`."""
+    try:
+        return names.parse_address(address)[0]
+    except names.InvalidAddress as exc:
+        raise _bad_address(address, exc, what) from None
 
-    address = address.strip().lower()
-    if "@" not in address or not valid_address(address):
-        raise CLIError(f"{address!r} is not a valid {what} (like alice@example.org)")
-    check_domain(address.rpartition("@")[2])
-    return address
+
+def check_alias_source(source: str) -> str:
+    """The canonical form of alias source `source` (local@domain or @domain), or CLIError."""
+    try:
+        return names.parse_alias_source(source)[0]
+    except names.InvalidDomain as exc:  # of a catch-all
+        raise _bad_domain(exc.text) from None
+    except names.InvalidAddress as exc:
+        raise _bad_address(source, exc, "alias source") from None
 
 
 def read_password(args: argparse.Namespace) -> str:
@@ -161,11 +179,7 @@ def cmd_alias(args: argparse.Namespace) -> int:
             return 0
         if args.source is None or args.target is None:
             raise CLIError(f"alias {args.action} needs SOURCE and TARGET")
-        source = args.source.strip().lower()
-        if source.startswith("@"):
-            check_domain(source[1:])
-        else:
-            source = check_address(source, "alias source")
+        source = check_alias_source(args.source)
         target = check_address(args.target, "alias target")
         if args.action == "add":
             if not store.has_domain(target.rpartition("@")[2]):

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import re
 import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# Which names are valid and how they compare: netpost.mail.address (`normalize` and
+# `valid_address` are imported from here by the servers).
+from netpost.mail.address import normalize_address as normalize
+from netpost.mail.address import normalize_domain, split_address
+from netpost.mail.address import valid_address as valid_address
 from netpost.mail.message import parse_meta
 from netpost.store.committer import GroupCommitter
 from netpost.store.interfaces import AccountStore, MailStore
@@ -23,26 +27,6 @@ DELIVERY_TIMEOUT = 120.0  # seconds
 # Recipient lookups are cached this long: under load every message asks the same questions,
 # and accounts change only through the command line (a change applies within a second).
 RESOLVE_TTL = 1.0
-
-# A pragmatic RFC 5321 4.1.2 Mailbox: Local-part "@" Domain (dot-atoms or a quoted local part).
-_LOCAL = r'(?:[^\s@"<>()\[\],;:\\]+|"(?:[^"\\\r\n]|\\.)*")'
-_DOMAIN = r"(?:[^\s@<>()\[\],;:\\.]+(?:\.[^\s@<>()\[\],;:\\.]+)*|\[[^\]\s]+\])"
-ADDRESS_RE = re.compile(rf"^{_LOCAL}@{_DOMAIN}$")
-
-
-def split_address(address: str) -> tuple[str, str]:
-    local, _, domain = address.rpartition("@")
-    return local, domain.lower()
-
-
-def normalize(address: str) -> str:
-    """Addresses compare case-insensitively here (like most servers, though RFC 5321 2.4 lets
-    a local part be case-sensitive)."""
-    return address.lower()
-
-
-def valid_address(address: str) -> bool:
-    return len(address) <= 254 and bool(ADDRESS_RE.match(address))
 
 
 @dataclass(frozen=True)
@@ -69,7 +53,7 @@ class LocalDelivery:
         self._cache: dict[str, tuple[float, Recipient | type[Exception]]] = {}
 
     def is_local_domain(self, domain: str) -> bool:
-        return self.accounts.has_domain(domain.lower())
+        return self.accounts.has_domain(normalize_domain(domain))
 
     def resolve(self, address: str) -> Recipient:
         """The INBOXes `address` delivers to, following aliases. Raises NotLocal or

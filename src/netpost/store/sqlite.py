@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sqlite3
 import threading
 import time
@@ -24,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from netpost.mail import address as names
 from netpost.store.interfaces import (
     DEFAULT_MAILBOXES,
     Account,
@@ -105,12 +105,6 @@ CREATE INDEX changes_mailbox ON changes(mailbox_id);
 
 _MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}  # version -> script bringing version-1 to it
 
-# RFC 5321:4.1.2 dot-atom local part (ASCII; quoted local parts are not accepted as accounts).
-_LOCAL_RE = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-# RFC 1035/1123 host names; IDNs in their xn-- (A-label) form.
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-
 _MESSAGE_COLUMNS = "m.mailbox_id, m.uid, m.sha256, b.size, m.size, m.internaldate, m.modseq, \
 m.flags, m.has_dot_lines"
 
@@ -128,24 +122,20 @@ class Change:
 
 
 def normalize_domain(name: str) -> str:
-    """Lower-case and validate a domain name; raise StoreError when malformed."""
-    d = name.strip().lower().rstrip(".")
-    if not d or len(d) > 253 or not _DOMAIN_RE.fullmatch(d):
-        raise StoreError(f"invalid domain name {name!r}")
-    return d
+    """Lower-case and validate a domain name (rules: netpost.mail.address); raise StoreError
+    when malformed."""
+    try:
+        return names.parse_domain(name)
+    except names.InvalidDomain:
+        raise StoreError(f"invalid domain name {name!r}") from None
 
 
 def normalize_address(address: str) -> tuple[str, str]:
     """Lower-case and validate local@domain; return (address, domain)."""
-    a = address.strip().lower()
-    local, sep, domain = a.rpartition("@")
-    if not sep or not local or len(local) > 64 or not _LOCAL_RE.fullmatch(local):
-        raise StoreError(f"invalid address {address!r}: expected local@domain")
     try:
-        domain = normalize_domain(domain)
-    except StoreError:
-        raise StoreError(f"invalid address {address!r}: bad domain part") from None
-    return f"{local}@{domain}", domain
+        return names.parse_address(address)
+    except names.InvalidAddress as exc:
+        raise StoreError(f"invalid address {address!r}: {exc.reason}") from None
 
 
 def _unknown_domain(domain: str) -> StoreError:
@@ -239,7 +229,7 @@ class SQLiteStore:
             conn.execute("INSERT INTO domains (name, created) VALUES (?, ?)", (d, time.time()))
 
     def remove_domain(self, name: str) -> None:
-        d = name.strip().lower().rstrip(".")
+        d = names.normalize_domain(name)
         with self._write() as conn:
             if not conn.execute("SELECT 1 FROM domains WHERE name = ?", (d,)).fetchone():
                 raise StoreError(f"unknown domain {d}")
@@ -273,7 +263,7 @@ class SQLiteStore:
         return [r[0] for r in self._conn().execute("SELECT name FROM domains ORDER BY name")]
 
     def has_domain(self, name: str) -> bool:
-        d = name.strip().lower().rstrip(".")
+        d = names.normalize_domain(name)
         return (
             self._conn().execute("SELECT 1 FROM domains WHERE name = ?", (d,)).fetchone()
             is not None
@@ -300,7 +290,7 @@ class SQLiteStore:
 
     def remove_account(self, address: str) -> None:
         """Remove the account, its mailboxes and messages (their blobs lose a reference)."""
-        a = address.strip().lower()
+        a = names.normalize_address(address)
         with self._write() as conn:
             row = conn.execute("SELECT id FROM accounts WHERE address = ?", (a,)).fetchone()
             if row is None:
@@ -327,14 +317,14 @@ class SQLiteStore:
             self._conn()
             .execute(
                 "SELECT id, address, password_hash FROM accounts WHERE address = ?",
-                (address.strip().lower(),),
+                (names.normalize_address(address),),
             )
             .fetchone()
         )
         return Account(*row) if row else None
 
     def set_password_hash(self, address: str, password_hash: str) -> None:
-        a = address.strip().lower()
+        a = names.normalize_address(address)
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE accounts SET password_hash = ? WHERE address = ?", (password_hash, a)
@@ -346,12 +336,12 @@ class SQLiteStore:
 
     def add_alias(self, source: str, target: str) -> None:
         """Alias `source` (local@domain in a local domain, or '@domain' catch-all) to `target`."""
-        s = source.strip().lower()
-        if s.startswith("@"):
-            domain = normalize_domain(s[1:])
-            s = "@" + domain
-        else:
-            s, domain = normalize_address(s)
+        try:
+            s, domain = names.parse_alias_source(source)
+        except names.InvalidDomain as exc:  # of a catch-all
+            raise StoreError(f"invalid domain name {exc.text!r}") from None
+        except names.InvalidAddress as exc:
+            raise StoreError(f"invalid address {source!r}: {exc.reason}") from None
         t, _ = normalize_address(target)
         if s == t:
             raise StoreError(f"alias {s} cannot point to itself")
@@ -367,7 +357,7 @@ class SQLiteStore:
             )
 
     def remove_alias(self, source: str, target: str) -> None:
-        s, t = source.strip().lower(), target.strip().lower()
+        s, t = names.normalize_address(source), names.normalize_address(target)
         with self._write() as conn:
             cur = conn.execute("DELETE FROM aliases WHERE source = ? AND target = ?", (s, t))
             if cur.rowcount == 0:
@@ -380,7 +370,7 @@ class SQLiteStore:
     def alias_targets(self, source: str, *, catch_all: bool = True) -> list[str]:
         """Targets of the exact address, else (unless catch_all is False) of its domain's
         catch-all; [] when neither."""
-        s = source.strip().lower()
+        s = names.normalize_address(source)
         conn = self._conn()
         query = "SELECT target FROM aliases WHERE source = ? ORDER BY target"
         targets = [r[0] for r in conn.execute(query, (s,))]
