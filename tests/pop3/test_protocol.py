@@ -276,6 +276,23 @@ def test_auth_bad_initial_response_and_malformed_plain() -> None:
     assert run(conn, b"AUTH PLAIN =\r\n")[0].startswith("-ERR")
 
 
+def test_auth_empty_identity_rejected() -> None:
+    # The shared SASL rule (as in SMTP): an empty LOGIN username or PLAIN authcid is bad data.
+    conn, _ = make()
+    assert run(conn, b"AUTH LOGIN =\r\n") == ["-ERR Invalid authentication data: empty username"]
+    run(conn, b"AUTH LOGIN\r\n")
+    assert run(conn, b"=\r\n") == ["-ERR Invalid authentication data: empty username"]
+    out = run(conn, b"AUTH PLAIN " + b64(b"zid\x00\x00pw") + b"\r\n")
+    assert out[0].startswith("-ERR Invalid authentication data: ")
+    assert run(conn, b"CAPA\r\n")[0] == "+OK Capability list follows"
+
+
+def test_auth_star_initial_response_is_not_a_cancel() -> None:
+    conn, _ = make()
+    out = run(conn, b"AUTH PLAIN *\r\n")
+    assert out == ["-ERR Invalid authentication data: invalid base64 in SASL data"]
+
+
 def test_auth_unknown_mechanism_and_syntax() -> None:
     conn, _ = make()
     assert run(conn, b"AUTH CRAM-MD5\r\n") == ["-ERR Unsupported authentication mechanism"]

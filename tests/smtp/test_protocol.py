@@ -296,6 +296,30 @@ def test_mail_event_and_params() -> None:
     assert c.conn.in_transaction
 
 
+@pytest.mark.parametrize("param", [b"SIZE=100", b"BODY=8BITMIME", b"SMTPUTF8", b"AUTH=<>",
+                                   b"X-FOO"])
+def test_mail_parameters_need_ehlo(param: bytes) -> None:
+    # RFC 5321 4.1.2 / RFC 1869: MAIL parameters belong to service extensions, and those
+    # exist only in a session opened by EHLO.
+    c = Client()
+    c.feed(b"HELO client.example\r\n")
+    key = param.split(b"=")[0].decode()
+    assert c.one(b"MAIL FROM:<a@example.org> " + param + b"\r\n") == (
+        f"555 5.5.4 Parameter {key} requires EHLO")
+    assert c.events == []
+    assert c.one(b"MAIL FROM:<a@example.org>\r\n") == "250 2.0.0 OK"
+    c.feed(b"RSET\r\nEHLO client.example\r\n")
+    assert c.one(b"MAIL FROM:<a@example.org> " + param + b"\r\n").startswith(
+        "555" if key == "X-FOO" else "250")
+
+
+def test_mail_syntax_error_after_helo_is_still_501() -> None:
+    c = Client()
+    c.feed(b"HELO client.example\r\n")
+    assert c.one(b"MAIL FROM:<a@example.org>SIZE=1\r\n") == (
+        "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]")
+
+
 def test_mail_null_sender_and_space_after_colon() -> None:
     c = ready()
     assert c.one(b"MAIL FROM: <>\r\n") == "250 2.0.0 OK"
@@ -703,6 +727,21 @@ def test_bdat_errors() -> None:
     assert c.one(b"BDAT\r\n") == "501 5.5.4 Syntax: BDAT <size> [LAST]"
 
 
+def test_bdat_before_any_rcpt() -> None:
+    # Like DATA: 503 when RCPT was never tried; the chunk is still read off the wire.
+    c = ready()
+    c.feed(b"MAIL FROM:<a@example.org>\r\n")
+    assert c.one(b"BDAT 4 LAST\r\nQUIT") == "503 5.5.1 Need RCPT command first"
+    assert c.one(b"NOOP\r\n") == "250 2.0.0 OK"
+    assert not c.conn.closed
+    assert c.messages() == []
+    # As for every BDAT error, the transaction is over (as before this answer was added).
+    assert c.one(b"BDAT 4\r\nQUIT") == "503 5.5.1 Need MAIL command first"
+    assert c.replies(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n"
+                     b"BDAT 2 LAST\r\nhi") == ["250 2.0.0 OK"] * 3
+    assert c.messages()[0].data == b"hi"
+
+
 def test_bdat_no_recipients() -> None:
     c = ready(answer=lambda conn, e: conn.send(
         Reply(550, "5.1.1", "no") if isinstance(e, RcptTo) else OK))
@@ -804,6 +843,29 @@ def test_auth_cancel_and_bad_base64() -> None:
     assert c.one(f"AUTH PLAIN {b64(b'no-nuls')}\r\n".encode()).startswith("501 5.5.2")
     assert c.events == []
     assert c.one(b"NOOP\r\n") == "250 2.0.0 OK"
+
+
+def test_auth_empty_identity_rejected() -> None:
+    # The shared SASL rule (as in POP3): an empty LOGIN username or PLAIN authcid is bad data.
+    c = auth_client()
+    assert c.one(b"AUTH LOGIN =\r\n") == "501 5.5.2 Invalid SASL data: empty username"
+    assert c.lines(b"AUTH LOGIN\r\n") == ["334 VXNlcm5hbWU6"]
+    assert c.one(b"=\r\n") == "501 5.5.2 Invalid SASL data: empty username"
+    assert c.one(f"AUTH PLAIN {plain('', 'pw', 'zid')}\r\n".encode()).startswith(
+        "501 5.5.2 Invalid SASL data: ")
+    assert c.events == []
+    assert c.one(b"NOOP\r\n") == "250 2.0.0 OK"
+
+
+def test_auth_login_bad_base64_password_and_cancel_at_password() -> None:
+    c = auth_client()
+    c.feed(f"AUTH LOGIN {b64(b'bob')}\r\n".encode())
+    assert c.one(b"%%%\r\n") == "501 5.5.2 Invalid base64 data"
+    c.feed(f"AUTH LOGIN {b64(b'bob')}\r\n".encode())
+    assert c.one(b"*\r\n") == "501 5.7.0 Authentication cancelled"
+    assert c.one(b"AUTH PLAIN *\r\n") == "501 5.5.2 Invalid base64 data"  # not a cancel
+    assert c.events == []
+    assert c.conn.authenticated_as is None
 
 
 def test_auth_errors() -> None:

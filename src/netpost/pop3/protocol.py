@@ -13,16 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from netpost.auth.sasl import (
-    LOGIN_PASSWORD_CHALLENGE,
-    LOGIN_USERNAME_CHALLENGE,
-    MECHANISMS,
-    Credentials,
-    SASLError,
-    b64decode,
-    decode_utf8,
-    parse_plain,
-)
+from netpost.auth.sasl import MECHANISMS, Credentials, SASLCancelled, SASLError, SASLExchange
 
 __all__ = [
     "AuthRequest",
@@ -103,12 +94,6 @@ Event = StartTLS | AuthRequest | Retrieve | Update
 _E = TypeVar("_E", StartTLS, AuthRequest, Retrieve, Update)
 
 
-@dataclass(slots=True)
-class _SASLExchange:
-    mechanism: str  # "PLAIN" or "LOGIN"
-    username: str | None = None  # LOGIN: set once the username line arrived
-
-
 def _normalise(content: bytes) -> bytes:
     """Make every line end CRLF, including the last (RFC 1939 section 3)."""
     if content.count(b"\n") != content.count(_CRLF):
@@ -160,7 +145,7 @@ class POP3Connection:
         self._pending: Event | None = None
         self._errors = 0
         self._user: str | None = None  # USER given, PASS expected
-        self._sasl: _SASLExchange | None = None
+        self._sasl: SASLExchange | None = None
         self._maildrop: tuple[MaildropEntry, ...] = ()
         self._deleted: list[bool] = []
         self._live_count = 0
@@ -425,43 +410,28 @@ class POP3Connection:
         if mechanism not in MECHANISMS:
             self._error("Unsupported authentication mechanism")
             return None
-        self._sasl = _SASLExchange(mechanism)
-        if len(parts) == 2:
-            return self._sasl_response(parts[1].encode("ascii", "replace"), initial=True)
-        if mechanism == "PLAIN":
-            self._send("+ ")  # RFC 5034 section 4: empty challenge
-        else:
-            self._send("+ " + LOGIN_USERNAME_CHALLENGE)
-        return None
+        self._sasl = SASLExchange(mechanism, parts[1] if len(parts) == 2 else None)
+        return self._sasl_response(None)
 
-    def _sasl_response(self, line: bytes, *, initial: bool = False) -> Event | None:
+    def _sasl_response(self, line: bytes | None) -> Event | None:
+        """Start the SASL exchange (line None) or feed it a client line; wrap its answer."""
         exchange = self._sasl
         assert exchange is not None
-        if line == b"*" and not initial:
-            # RFC 5034 section 4: "*" cancels the exchange.
-            self._sasl = None
-            self._send("-ERR Authentication cancelled")
-            return None
         try:
-            data = b64decode(line)
-            if exchange.mechanism == "PLAIN":
-                credentials = parse_plain(data)
-            elif exchange.username is None:
-                username = decode_utf8(data, "username")
-                if not username:
-                    raise SASLError("empty username")
-                exchange.username = username
-                self._send("+ " + LOGIN_PASSWORD_CHALLENGE)
-                return None
-            else:
-                password = decode_utf8(data, "password")
-                credentials = Credentials("LOGIN", exchange.username, password)
+            step = exchange.start() if line is None else exchange.step(line)
+        except SASLCancelled:
+            self._sasl = None
+            self._send("-ERR Authentication cancelled")  # RFC 5034 section 4
+            return None
         except SASLError as exc:
             self._sasl = None
             self._error(f"Invalid authentication data: {exc}")
             return None
+        if isinstance(step, str):
+            self._send("+ " + step)  # RFC 5034 section 4: PLAIN's first challenge is empty
+            return None
         self._sasl = None
-        return AuthRequest(credentials)
+        return AuthRequest(step)
 
     # ------------------------------------------------------------- transaction
 

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from netpost.auth import sasl
-from netpost.auth.sasl import Credentials, SASLError
+from netpost.auth.sasl import (
+    Credentials,
+    SASLBase64Error,
+    SASLCancelled,
+    SASLError,
+    SASLExchange,
+)
 
 __all__ = [
     "AuthRequest",
@@ -346,8 +352,7 @@ class SMTPConnection:
         self._b_keep = False
         self._b_error: Reply | None = None
         # SASL exchange
-        self._auth_mech = ""
-        self._auth_user: str | None = None
+        self._sasl: SASLExchange | None = None
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -408,6 +413,7 @@ class SMTPConnection:
                     return None
                 if line is False:
                     self._mode = _CMD  # the too-long line aborted the exchange
+                    self._sasl = None
                     result = None
                 else:
                     result = self._handle_auth_line(line)
@@ -687,6 +693,11 @@ class SMTPConnection:
         if params is None:
             self._answer(Reply(501, "5.5.4", "Syntax error in parameters"))
             return None
+        if params and not self.esmtp:
+            # RFC 5321 4.1.2 / RFC 1869: service extensions only in a session opened by EHLO.
+            key = next(iter(params))
+            self._answer(Reply(555, "5.5.4", f"Parameter {key} requires EHLO"))
+            return None
         for key, value in params.items():
             if key == "SIZE":  # RFC 1870 6
                 if value is None or _DIGITS_RE.fullmatch(value) is None:
@@ -821,7 +832,8 @@ class SMTPConnection:
         if self._mail_from is None:
             self._b_error = R_NEED_MAIL
         elif not self._recipients:
-            self._b_error = R_NO_VALID_RCPT
+            # Like DATA (RFC 5321 3.3): 503 when RCPT was never tried, 554 when all failed.
+            self._b_error = R_NO_VALID_RCPT if self._rcpt_attempted else R_NEED_RCPT
         elif self._chunks_total + size > self.settings.max_message_size:
             self._b_error = R_TOO_BIG  # RFC 1870 / RFC 3030 4
         else:
@@ -908,50 +920,35 @@ class SMTPConnection:
         if mech not in sasl.MECHANISMS:
             self._answer(Reply(504, "5.5.4", "Unrecognized authentication type"))
             return None
-        self._auth_mech = mech
-        self._auth_user = None
-        if len(words) == 2:
-            try:
-                initial = sasl.b64decode(words[1])
-            except SASLError:
-                self._answer(R_AUTH_BAD_B64)
-                return None
-            return self._auth_step(initial)
-        if mech == "PLAIN":
-            self._queue(Reply(334, None, ""))
-        else:
-            self._queue(Reply(334, None, sasl.LOGIN_USERNAME_CHALLENGE))
-        self._mode = _AUTH
-        return None
+        self._sasl = SASLExchange(mech, words[1] if len(words) == 2 else None)
+        return self._auth_step(None)
 
     def _handle_auth_line(self, raw: bytearray) -> Event | None:
         self._trace_c("<redacted>")
         self._mode = _CMD
-        if raw.strip() == b"*":
-            self._answer(R_AUTH_CANCELLED)  # RFC 4954 4
-            return None
-        try:
-            decoded = sasl.b64decode(bytes(raw))
-        except SASLError:
-            self._answer(R_AUTH_BAD_B64)
-            return None
-        return self._auth_step(decoded)
+        return self._auth_step(bytes(raw))
 
-    def _auth_step(self, decoded: bytes) -> Event | None:
+    def _auth_step(self, line: bytes | None) -> Event | None:
+        """Start the SASL exchange (line None) or feed it a client line; wrap its answer."""
+        exchange = self._sasl
+        assert exchange is not None
         try:
-            if self._auth_mech == "PLAIN":
-                return AuthRequest(sasl.parse_plain(decoded))
-            if self._auth_user is None:
-                self._auth_user = sasl.decode_utf8(decoded, "username")
-                self._queue(Reply(334, None, sasl.LOGIN_PASSWORD_CHALLENGE))
-                self._mode = _AUTH
-                return None
-            password = sasl.decode_utf8(decoded, "password")
-            return AuthRequest(Credentials("LOGIN", self._auth_user, password))
+            step = exchange.start() if line is None else exchange.step(line)
+        except SASLCancelled:
+            self._answer(R_AUTH_CANCELLED)  # RFC 4954 4
+            step = None
+        except SASLBase64Error:
+            self._answer(R_AUTH_BAD_B64)
+            step = None
         except SASLError as exc:
-            self._mode = _CMD
             self._answer(Reply(501, "5.5.2", f"Invalid SASL data: {exc}"))
+            step = None
+        if isinstance(step, str):
+            self._queue(Reply(334, None, step))
+            self._mode = _AUTH
             return None
+        self._sasl = None
+        return None if step is None else AuthRequest(step)
 
     _COMMANDS: dict[str, Callable[[SMTPConnection, str], Event | None]] = {
         "EHLO": _cmd_ehlo,
