@@ -14,7 +14,8 @@ from netpost.auth.passwords import generate_password, hash_password, verify_pass
 from netpost.auth.sasl import Credentials
 from netpost.auth.throttle import FailureThrottle
 from netpost.config import LISTENERS, Config
-from netpost.mail.delivery import LocalDelivery, normalize, valid_address
+from netpost.mail.address import normalize_address, valid_address
+from netpost.mail.delivery import LocalDelivery
 from netpost.net.listener import Listener, ListenerSpec, Session
 from netpost.net.tls import ensure_certificate, server_context
 from netpost.net.trace import TraceLog
@@ -59,9 +60,9 @@ class App:
         if earlier:
             await asyncio.sleep(min(self.throttle.maximum,
                                     self.throttle.base * 2 ** (earlier - 1)))
-        address = normalize(creds.authcid)
+        address = normalize_address(creds.authcid)
         account = self.store.get_account(address) if valid_address(address) else None
-        authz_ok = not creds.authzid or normalize(creds.authzid) == address
+        authz_ok = not creds.authzid or normalize_address(creds.authzid) == address
         ok = await asyncio.to_thread(
             verify_password, account.password_hash if account else None, creds.password
         )

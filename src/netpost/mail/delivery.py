@@ -13,11 +13,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Which names are valid and how they compare: netpost.mail.address (`normalize` and
-# `valid_address` are imported from here by the servers).
 from netpost.mail.address import normalize_address as normalize
 from netpost.mail.address import normalize_domain, split_address
-from netpost.mail.address import valid_address as valid_address
 from netpost.mail.message import parse_meta
 from netpost.store.committer import GroupCommitter
 from netpost.store.interfaces import AccountStore, MailStore

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from netpost.mail.delivery import NotLocal, Recipient, UnknownRecipient, normalize
+from netpost.mail.address import normalize_address
+from netpost.mail.delivery import NotLocal, Recipient, UnknownRecipient
 from netpost.net.listener import Engine, Session
 from netpost.smtp.protocol import (
     AuthRequest,
@@ -116,11 +117,11 @@ class SMTPSession(Session):
         except UnknownRecipient:
             return Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: "
                          "no such user here")
-        self.recipients[normalize(address)] = recipient
+        self.recipients[normalize_address(address)] = recipient
         return OK_RCPT
 
     async def data(self, event: MessageData) -> Reply:
-        recipients = [self.recipients[normalize(a)] for a in event.recipients]
+        recipients = [self.recipients[normalize_address(a)] for a in event.recipients]
         tls = self.tls_description()
         auth = self.smtp.authenticated_as
         # RFC 3848 "with" keywords.
