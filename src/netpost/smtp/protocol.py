@@ -667,6 +667,29 @@ class SMTPConnection:
         s = self.settings
         return s.auth_enabled and (self.tls_active or s.allow_plaintext_auth)
 
+    def _path_and_params(
+        self, arg: str, command: str
+    ) -> tuple[str, dict[str, str | None]] | None:
+        """RFC 5321 4.1.1.2/4.1.1.3: `FROM:<path> [params]` / `TO:<path> [params]` (a space
+        after the colon is tolerated). Answers 501 itself and returns None on bad syntax."""
+        keyword = command.split(" ")[1]  # "FROM:" or "TO:"
+        if arg[: len(keyword)].upper() != keyword:
+            self._answer(Reply(501, "5.5.4", f"Syntax: {command}<address>"))
+            return None
+        split = _split_path(arg[len(keyword):].lstrip(" "))
+        if split is None:
+            self._answer(Reply(501, "5.5.4", f"Syntax: {command}<address>"))
+            return None
+        path, rest = split
+        if rest and not rest.startswith(" "):
+            self._answer(Reply(501, "5.5.4", f"Syntax: {command}<address> [parameters]"))
+            return None
+        params = _parse_params(rest)
+        if params is None:
+            self._answer(Reply(501, "5.5.4", "Syntax error in parameters"))
+            return None
+        return path, params
+
     def _cmd_mail(self, arg: str) -> Event | None:
         # RFC 5321 4.1.1.2, sequence per 4.1.4 / 3.3
         if self.helo_domain is None:
@@ -678,21 +701,10 @@ class SMTPConnection:
         if self.settings.submission and self.authenticated_as is None:
             self._answer(R_AUTH_REQUIRED)  # RFC 4954 6
             return None
-        if arg[:5].upper() != "FROM:":
-            self._answer(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
+        parsed = self._path_and_params(arg, "MAIL FROM:")
+        if parsed is None:
             return None
-        split = _split_path(arg[5:].lstrip(" "))  # lenient: a space after the colon
-        if split is None:
-            self._answer(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
-            return None
-        path, rest = split
-        if rest and not rest.startswith(" "):
-            self._answer(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]"))
-            return None
-        params = _parse_params(rest)
-        if params is None:
-            self._answer(Reply(501, "5.5.4", "Syntax error in parameters"))
-            return None
+        path, params = parsed
         if params and not self.esmtp:
             # RFC 5321 4.1.2 / RFC 1869: service extensions only in a session opened by EHLO.
             key = next(iter(params))
@@ -760,21 +772,10 @@ class SMTPConnection:
         if self._bdat_used:
             self._answer(Reply(503, "5.5.1", "RCPT not allowed after BDAT"))
             return None
-        if arg[:3].upper() != "TO:":
-            self._answer(Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
+        parsed = self._path_and_params(arg, "RCPT TO:")
+        if parsed is None:
             return None
-        split = _split_path(arg[3:].lstrip(" "))
-        if split is None:
-            self._answer(Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
-            return None
-        path, rest = split
-        if rest and not rest.startswith(" "):
-            self._answer(Reply(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]"))
-            return None
-        params = _parse_params(rest)
-        if params is None:
-            self._answer(Reply(501, "5.5.4", "Syntax error in parameters"))
-            return None
+        path, params = parsed
         if params:
             key = next(iter(params))
             self._answer(Reply(555, "5.5.4", f"Unsupported parameter {key}"))
