@@ -37,7 +37,6 @@ class StagedBlobs:
 
     refs: list[BlobRef]
     dirs_to_sync: list[str]
-    dirs_made: list[str]
 
 
 def _fsync_dir(path: str) -> None:
@@ -54,22 +53,12 @@ class FileBlobStore:
     def __init__(self, root: str, *, fsync_workers: int = 8, tmp_max_age: float = 3600.0) -> None:
         self.root = os.path.abspath(root)
         self._tmp = os.path.join(self.root, _TMP)
-        self._dir_lock = threading.Lock()
-        # Directories known to exist with a durable entry; the store's parent is the admin's.
-        self._durable_dirs: set[str] = {os.path.dirname(self.root)}
-        self._pending_dirs: set[str] = set()
         self._counter = itertools.count()
         self._prefix = f"{os.getpid()}.{os.urandom(4).hex()}"
         self._workers = max(1, fsync_workers)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        # Whatever a previous run left (directories whose parents it had not fsync'd yet, if
-        # it crashed) becomes durable here, so existing directories can be trusted.
-        if os.path.isdir(self.root):
-            os.sync()
-        self._ensure_dir(self.root)
-        self._ensure_dir(self._tmp)
-        self._make_fanout()
+        self._make_tree()
         self.cleanup_tmp(tmp_max_age)
 
     # -- paths -------------------------------------------------------------------------------
@@ -79,16 +68,22 @@ class FileBlobStore:
         # creates a directory, and a batch's renames share few directory fsyncs.
         return os.path.join(self.root, sha256[:2])
 
-    def _make_fanout(self) -> None:
-        missing = [d for d in (os.path.join(self.root, f"{i:02x}") for i in range(256))
-                   if not os.path.isdir(d)]
-        if not missing:
-            self._durable_dirs.update(os.path.join(self.root, f"{i:02x}") for i in range(256))
-            return
+    def _make_tree(self) -> None:
+        """Make the root, tmp/ and the 256 fan-out directories, each entry durable (parent
+        fsync'd), so that writing a blob never creates a directory."""
+        if os.path.isdir(self.root):
+            # Whatever a previous run left (a directory whose parent it had not fsync'd yet,
+            # if it crashed) becomes durable here, so existing directories can be trusted.
+            os.sync()
+        else:
+            os.makedirs(self.root, 0o750, exist_ok=True)
+            _fsync_dir(os.path.dirname(self.root))
+        wanted = [self._tmp] + [os.path.join(self.root, f"{i:02x}") for i in range(256)]
+        missing = [d for d in wanted if not os.path.isdir(d)]
         for d in missing:
             os.makedirs(d, 0o750, exist_ok=True)
-        _fsync_dir(self.root)
-        self._durable_dirs.update(os.path.join(self.root, f"{i:02x}") for i in range(256))
+        if missing:
+            _fsync_dir(self.root)
 
     def open_path(self, ref: BlobRef) -> str:
         sha = ref.sha256
@@ -146,61 +141,6 @@ class FileBlobStore:
         return removed
 
     # -- writing -----------------------------------------------------------------------------
-
-    # Directory entries.  A directory this process creates is durable once its parent has
-    # been fsync'd; until then it is "pending" and anyone who uses it fsyncs the parent too.
-    # A directory that already existed is trusted: the store's first act is a sync() that
-    # makes everything present at start durable; one made meanwhile by another process
-    # sharing the store is that process's to fsync (and on journalling filesystems such as
-    # ext4 and XFS our own fsync of the leaf directory commits its creation anyway).
-
-    def _ensure_dir(self, path: str) -> None:
-        """Make `path` exist with a durable entry (single-blob `put`)."""
-        if path in self._durable_dirs:
-            return
-        with self._dir_lock:
-            to_sync, made = self._make_dirs_locked([path])
-            for d in sorted(to_sync):
-                _fsync_dir(d)
-            self._durable_dirs.update(made)
-            self._pending_dirs.difference_update(made)
-
-    def _make_dirs(self, dirs: Sequence[str]) -> tuple[set[str], set[str]]:
-        """Create the missing `dirs` (and their parents) without waiting for fsyncs.
-
-        Return the directories whose fsync makes the new entries durable, and the directories
-        that become durable then (the caller fsyncs the first, then `_mark_durable`s the
-        second).
-        """
-        with self._dir_lock:
-            return self._make_dirs_locked(dirs)
-
-    def _make_dirs_locked(self, dirs: Sequence[str]) -> tuple[set[str], set[str]]:
-        to_sync: set[str] = set()
-        made: set[str] = set()
-        for path in dirs:
-            chain: list[str] = []
-            p = path
-            while p not in self._durable_dirs and p != os.path.dirname(p):
-                chain.append(p)
-                p = os.path.dirname(p)
-            for d in reversed(chain):
-                try:
-                    os.mkdir(d, 0o750)
-                except FileExistsError:
-                    if d not in self._pending_dirs:
-                        self._durable_dirs.add(d)  # existed before: trusted (see above)
-                        continue
-                else:
-                    self._pending_dirs.add(d)
-                to_sync.add(os.path.dirname(d))
-                made.add(d)
-        return to_sync, made
-
-    def _mark_durable(self, dirs: Sequence[str]) -> None:
-        with self._dir_lock:
-            self._durable_dirs.update(dirs)
-            self._pending_dirs.difference_update(dirs)
 
     def _tmp_name(self) -> str:
         return os.path.join(self._tmp, f"{self._prefix}.{next(self._counter)}")
@@ -263,7 +203,6 @@ class FileBlobStore:
             _fsync_dir(directory)
             return ref
         tmp = self._write_tmp(data)
-        self._ensure_dir(directory)
         self._install(tmp, final)
         _fsync_dir(directory)
         return ref
@@ -303,7 +242,6 @@ class FileBlobStore:
     def finish(self, staged: StagedBlobs) -> None:
         """Second half of `put_many`: fsync the directories (in parallel); durable after."""
         self._sync_dirs(staged.dirs_to_sync)
-        self._mark_durable(staged.dirs_made)
 
     def stage_many(self, items: Sequence[bytes]) -> StagedBlobs:
         """First half of `put_many`: every file written, fsync'd and under its final name,
@@ -321,7 +259,7 @@ class FileBlobStore:
             if not os.path.exists(os.path.join(directory, ref.sha256)):
                 todo[ref.sha256] = data
         if not todo:
-            return StagedBlobs(refs, sorted(dirs), [])
+            return StagedBlobs(refs, sorted(dirs))
         shas = list(todo)
         # 1. Write every file (page cache only), so that ...
         created: list[tuple[str, int]] = []
@@ -341,13 +279,7 @@ class FileBlobStore:
             for tmp, _ in created:
                 self._discard(tmp)
             raise failed[0]
-        # 3. Directories, then the renames: only complete files ever get a final name.
-        try:
-            new_parents, made = self._make_dirs(sorted({self._dir_of(sha) for sha in shas}))
-        except BaseException:
-            for tmp, _ in created:
-                self._discard(tmp)
-            raise
+        # 3. The renames: only complete files ever get a final name.
         for i, (sha, (tmp, _)) in enumerate(zip(shas, created, strict=True)):
             try:
                 self._install(tmp, os.path.join(self._dir_of(sha), sha))
@@ -355,8 +287,8 @@ class FileBlobStore:
                 for rest, _ in created[i + 1 :]:
                     self._discard(rest)
                 raise
-        # 4. (finish) One fsync per distinct directory: final ones and parents of new ones.
-        return StagedBlobs(refs, sorted(dirs | new_parents), sorted(made))
+        # 4. (finish) One fsync per distinct directory makes the new names durable.
+        return StagedBlobs(refs, sorted(dirs))
 
     def _sync_dirs(self, dirs: Sequence[str]) -> None:
         for result in self._run(_fsync_dir, dirs):
