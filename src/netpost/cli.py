@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import logging
 import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netpost import __version__
 from netpost.config import ConfigError, load, render_default, set_listen
+
+if TYPE_CHECKING:
+    from netpost.store.sqlite import SQLiteStore
 from netpost.mail import address as names
 
 CONFIG_NAME = "netpost.toml"
@@ -113,15 +118,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _store(args: argparse.Namespace) -> contextlib.closing[SQLiteStore]:
     from netpost.server import open_store
 
-    return open_store(data_dir(args))
+    return contextlib.closing(open_store(data_dir(args)))
 
 
 def cmd_domain(args: argparse.Namespace) -> int:
-    store = _store(args)
-    try:
+    with _store(args) as store:
         if args.action == "list":
             for name in store.list_domains():
                 print(name)
@@ -134,15 +138,12 @@ def cmd_domain(args: argparse.Namespace) -> int:
             store.remove_domain(name)
             print(f"removed domain {name}")
         return 0
-    finally:
-        store.close()
 
 
 def cmd_user(args: argparse.Namespace) -> int:
     from netpost.auth.passwords import hash_password
 
-    store = _store(args)
-    try:
+    with _store(args) as store:
         if args.action == "list":
             for account in store.list_accounts():
                 print(account.address)
@@ -166,13 +167,10 @@ def cmd_user(args: argparse.Namespace) -> int:
             store.remove_account(address)
             print(f"removed user {address} and its mail")
         return 0
-    finally:
-        store.close()
 
 
 def cmd_alias(args: argparse.Namespace) -> int:
-    store = _store(args)
-    try:
+    with _store(args) as store:
         if args.action == "list":
             for source, target in store.list_aliases():
                 print(f"{source} -> {target}")
@@ -191,8 +189,6 @@ def cmd_alias(args: argparse.Namespace) -> int:
             store.remove_alias(source, target)
             print(f"removed alias {source} -> {target}")
         return 0
-    finally:
-        store.close()
 
 
 def cmd_trace(args: argparse.Namespace) -> int:

@@ -308,6 +308,12 @@ _NEED = _Need()
 class SMTPConnection:
     """One SMTP server connection (RFC 5321), sans-I/O."""
 
+    # Input and DATA/BDAT progress, (re)set by _release_input().
+    _buf: bytearray
+    _pos: int
+    _line_scan: int
+    _discarding: bool
+
     def __init__(
         self,
         settings: SMTPSettings,
@@ -322,14 +328,10 @@ class SMTPConnection:
         self.esmtp = False
         self.authenticated_as: str | None = None
         self._trace = trace
-        self._buf = bytearray()
-        self._pos = 0  # start of the unprocessed input in _buf
         self._out = bytearray()
         self._mode = _CMD
         self._pending: Event | None = None
         self._errors = 0
-        self._discarding = False  # dropping the rest of a too-long line, up to its LF
-        self._line_scan = 0  # bytes after _pos already searched for LF
         # the mail transaction (RFC 5321 3.3)
         self._mail_from: str | None = None
         self._body: str | None = None
@@ -339,18 +341,7 @@ class SMTPConnection:
         self._bdat_used = False
         self._chunks = bytearray()
         self._chunks_total = 0  # BDAT octets so far, including discarded ones
-        # DATA state; offsets are relative to _pos, the start of the content
-        self._d_first = False  # decided whether the content starts with ".\r\n"
-        self._d_scan = 0
-        self._d_chk = 0
-        self._d_dropped = 0
-        self._d_oversize = False
-        # BDAT chunk state
-        self._b_remaining = 0
-        self._b_size = 0
-        self._b_last = False
-        self._b_keep = False
-        self._b_error: Reply | None = None
+        self._release_input()  # the input buffer, DATA and BDAT progress, all empty
         # SASL exchange
         self._sasl: SASLExchange | None = None
 
@@ -532,10 +523,11 @@ class SMTPConnection:
     def _release_input(self) -> None:
         """Drop all buffered input and DATA/BDAT progress (frees the memory)."""
         self._buf = bytearray()  # a new object: clear() may keep a big allocation around
-        self._pos = 0
-        self._line_scan = 0
-        self._discarding = False
-        self._d_first = False
+        self._pos = 0  # start of the unprocessed input in _buf
+        self._line_scan = 0  # bytes after _pos already searched for LF
+        self._discarding = False  # dropping the rest of a too-long line, up to its LF
+        # DATA state; offsets are relative to _pos, the start of the content
+        self._d_first = False  # decided whether the content starts with ".\r\n"
         self._d_scan = 0
         self._d_chk = 0
         self._d_dropped = 0
@@ -544,7 +536,7 @@ class SMTPConnection:
         self._b_size = 0
         self._b_last = False
         self._b_keep = False
-        self._b_error = None
+        self._b_error: Reply | None = None
 
     def _compact(self) -> None:
         """Drop the consumed input (a finished message) instead of keeping it buffered.
