@@ -73,7 +73,9 @@ def test_init_writes_every_default(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("doc, message", [
     ({"limits": {"max_msg": 1}}, "unknown key limits.max_msg"),
-    ({"limits": {"max_recipients": "many"}}, "limits.max_recipients"),
+    ({"smtp": {"max_recipients": "many"}}, "smtp.max_recipients"),
+    ({"pop3": {"idle": 1}}, "unknown key pop3.idle"),
+    ({"imap": {}}, "unknown section [imap]"),
     ({"nope": {}}, "unknown section [nope]"),
     ({"listen": {"smtp": "localhost"}}, "listen.smtp"),
     ({"listen": {"imap": ":143"}}, "unknown listener"),
@@ -166,8 +168,22 @@ def test_trace_shows_conversation_with_secrets_redacted(tmp_path: Path) -> None:
 
 def test_zero_limits_are_refused() -> None:
     with pytest.raises(ConfigError) as info:
+        from_dict({"smtp": {"idle_timeout": 0}})
+    assert "smtp.idle_timeout must be greater than 0" in str(info.value)
+
+
+def test_settings_moved_to_a_service_section_still_load_with_a_warning() -> None:
+    # A netpost.toml written by an older `netpost init` kept these in [limits].
+    cfg = from_dict({"limits": {"idle_timeout": 30, "pop3_idle_timeout": 40,
+                                "max_recipients": 7, "max_errors": 5}})
+    assert cfg.services["smtp"].idle_timeout == 30.0
+    assert cfg.services["smtp"].max_recipients == 7
+    assert cfg.services["pop3"].idle_timeout == 40.0
+    assert cfg.limits.max_errors == 5
+    assert len(cfg.warnings) == 3
+    assert any("limits.pop3_idle_timeout is now pop3.idle_timeout" in w for w in cfg.warnings)
+    with pytest.raises(ConfigError, match="smtp.idle_timeout must be greater than 0"):
         from_dict({"limits": {"idle_timeout": 0}})
-    assert "limits.idle_timeout must be greater than 0" in str(info.value)
 
 
 def test_throttle_memory_is_bounded() -> None:

@@ -8,16 +8,15 @@ import getpass
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from netpost import __version__
 from netpost.config import ConfigError, load, render_default, set_listen
-
-if TYPE_CHECKING:
-    from netpost.store.sqlite import SQLiteStore
 from netpost.mail import address as names
+from netpost.registry import default_registry
+from netpost.store.interfaces import AdminStores
 
 CONFIG_NAME = "netpost.toml"
 
@@ -118,24 +117,30 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(args: argparse.Namespace) -> contextlib.closing[SQLiteStore]:
-    from netpost.server import open_store
+@contextlib.contextmanager
+def _store(args: argparse.Namespace) -> Iterator[AdminStores]:
+    from netpost.store.embedded import open_admin
 
-    return contextlib.closing(open_store(data_dir(args)))
+    stores = open_admin(data_dir(args))
+    try:
+        yield stores
+    finally:
+        stores.close()
 
 
 def cmd_domain(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with _store(args) as stores:
+        domains = stores.domains
         if args.action == "list":
-            for name in store.list_domains():
+            for name in domains.list_domains():
                 print(name)
             return 0
         name = check_domain(args.domain)
         if args.action == "add":
-            store.add_domain(name)
+            domains.add_domain(name)
             print(f"added domain {name}")
         else:
-            store.remove_domain(name)
+            domains.remove_domain(name)
             print(f"removed domain {name}")
         return 0
 
@@ -143,36 +148,38 @@ def cmd_domain(args: argparse.Namespace) -> int:
 def cmd_user(args: argparse.Namespace) -> int:
     from netpost.auth.passwords import hash_password
 
-    with _store(args) as store:
+    with _store(args) as stores:
+        accounts = stores.accounts
         if args.action == "list":
-            for account in store.list_accounts():
+            for account in accounts.list_accounts():
                 print(account.address)
             return 0
         address = check_address(args.address)
         if args.action == "add":
             domain = address.rpartition("@")[2]
-            if not store.has_domain(domain):
+            if not stores.domains.has_domain(domain):
                 raise CLIError(f"unknown domain {domain}: add it first with "
                                f"'netpost domain add {domain}'")
-            if store.get_account(address) is not None:
+            if accounts.get_account(address) is not None:
                 raise CLIError(f"user {address} already exists")
-            store.add_account(address, hash_password(read_password(args)))
+            accounts.add_account(address, hash_password(read_password(args)))
             print(f"added user {address}")
         elif args.action == "passwd":
-            if store.get_account(address) is None:
+            if accounts.get_account(address) is None:
                 raise CLIError(f"no user {address}")
-            store.set_password_hash(address, hash_password(read_password(args)))
+            accounts.set_password_hash(address, hash_password(read_password(args)))
             print(f"changed the password of {address}")
         else:
-            store.remove_account(address)
+            accounts.remove_account(address)
             print(f"removed user {address} and its mail")
         return 0
 
 
 def cmd_alias(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with _store(args) as stores:
+        aliases = stores.aliases
         if args.action == "list":
-            for source, target in store.list_aliases():
+            for source, target in aliases.list_aliases():
                 print(f"{source} -> {target}")
             return 0
         if args.source is None or args.target is None:
@@ -180,13 +187,13 @@ def cmd_alias(args: argparse.Namespace) -> int:
         source = check_alias_source(args.source)
         target = check_address(args.target, "alias target")
         if args.action == "add":
-            if not store.has_domain(target.rpartition("@")[2]):
+            if not stores.domains.has_domain(target.rpartition("@")[2]):
                 raise CLIError(f"alias target {target} is not in a local domain: forwarding "
                                "to other domains needs the outbound queue, not built yet")
-            store.add_alias(source, target)
+            aliases.add_alias(source, target)
             print(f"added alias {source} -> {target}")
         else:
-            store.remove_alias(source, target)
+            aliases.remove_alias(source, target)
             print(f"removed alias {source} -> {target}")
         return 0
 
@@ -211,7 +218,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="netpost",
-        description="netpost: mail (SMTP, submission, POP3) in one server with embedded storage.",
+        description="netpost: the Internet's application-layer services in one server with "
+                    "embedded storage.",
         epilog="Start with 'netpost serve'; see 'netpost COMMAND --help' for each command.",
     )
     p.add_argument("--version", action="version", version=f"netpost {__version__}")
@@ -224,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", metavar="FILE", help="config file (default DATA/netpost.toml)")
     s.add_argument("--listen", action="append", default=[], metavar="NAME=HOST:PORT",
                    help="override a listener's address, or NAME=off; repeatable "
-                        "(names: smtp, submission, submissions, pop3, pop3s)")
+                        f"(names: {', '.join(default_registry().listener_names())})")
     s.add_argument("--trace", action="store_true", help="trace every session (see 'trace')")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     s.set_defaults(func=cmd_serve)

@@ -2,24 +2,31 @@
 
 Every setting has a default, so an empty data directory runs. A config file may set any subset;
 an unknown key or a value of the wrong type is refused with one line naming it.
+
+The core sections ([server], [tls], [auth], [limits], [trace], [demo]) are defined here; each
+service adds its own section and listeners through the registry (`netpost.registry`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-# Listener name -> (protocol, implicit TLS, standard port). Default ports are standard + 10000
-# so that an unprivileged user can run everything on a laptop.
-LISTENERS: dict[str, tuple[str, bool, int]] = {
-    "smtp": ("smtp", False, 25),  # MX: receives mail for local domains (RFC 5321)
-    "submission": ("submission", False, 587),  # STARTTLS + AUTH required (RFC 6409)
-    "submissions": ("submission", True, 465),  # implicit TLS (RFC 8314)
-    "pop3": ("pop3", False, 110),  # STLS (RFC 2595)
-    "pop3s": ("pop3", True, 995),  # implicit TLS (RFC 8314)
-}
+from netpost.registry import (
+    Registry,
+    TLSMode,
+    Transport,
+    default_registry,
+    setting,
+    setting_doc,
+    setting_positive,
+)
+
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -53,63 +60,102 @@ def parse_listen(value: str, what: str) -> ListenAddress | None:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    hostname: str = "localhost"  # name in greetings, Received: fields and the self-signed cert
-    bind: str = "127.0.0.1"  # default address for every listener
-    shutdown_grace: float = 30.0  # seconds SIGTERM waits for transactions in flight
+    hostname: str = setting(
+        "localhost", "name in greetings, Received: fields and the self-signed certificate")
+    bind: str = setting("127.0.0.1", "default address of every listener")
+    shutdown_grace: float = setting(30.0, "seconds SIGTERM waits for transactions in flight")
 
 
 @dataclass(frozen=True)
 class TLSSettings:
-    certificate: str = ""  # PEM file; empty = self-signed, made on first start in DATA/tls/
-    key: str = ""  # PEM private key for `certificate`
+    certificate: str = setting("", "PEM certificate chain file")
+    key: str = setting("", "PEM private key file")
 
 
 @dataclass(frozen=True)
 class AuthSettings:
-    # Accept passwords before TLS. Only for development on loopback: passwords travel in clear.
-    allow_plaintext: bool = False
-    failure_delay: float = 0.5  # delay after the first failure from an address; doubles each time
-    failure_max_delay: float = 16.0  # upper bound of that delay
-    failure_window: float = 900.0  # seconds without failure after which an address is forgiven
+    allow_plaintext: bool = setting(
+        False, "accept passwords before TLS: ONLY for development on loopback")
+    failure_delay: float = setting(0.5, "seconds of delay after a failed login; doubles per "
+                                   "failure")
+    failure_max_delay: float = setting(16.0, "upper bound of that delay")
+    failure_window: float = setting(
+        900.0, "seconds without failure after which an address is forgiven")
 
 
 @dataclass(frozen=True)
 class LimitSettings:
-    max_message_size: int = 50 * 1024 * 1024  # octets (SMTP SIZE, RFC 1870)
-    max_recipients: int = 100  # per message (RFC 5321 4.5.3.1.8 asks for at least 100)
-    max_errors: int = 20  # bad commands before the session is closed
-    idle_timeout: float = 300.0  # SMTP, seconds (RFC 5321 4.5.3.2.7: 5 minutes)
-    pop3_idle_timeout: float = 600.0  # seconds (RFC 1939 3: at least 10 minutes)
-    max_connections_per_ip: int = 32
-    max_connections: int = 2048
+    max_message_size: int = setting(50 * 1024 * 1024, "octets; larger messages get 552 5.3.4 "
+                                    "(RFC 1870)", positive=True)
+    max_errors: int = setting(20, "bad commands before a session is closed", positive=True)
+    max_connections_per_ip: int = setting(
+        32, "concurrent sessions from one client address (IPv6: one /64)", positive=True)
+    max_connections: int = setting(2048, "concurrent sessions per listener", positive=True)
 
 
 @dataclass(frozen=True)
 class TraceSettings:
-    # Listener names whose sessions are logged as conversations, or ["all"].
-    listeners: tuple[str, ...] = ()
-    file: str = "trace.log"  # relative to the data directory
+    listeners: tuple[str, ...] = setting((), "listener names to trace, or [\"all\"]")
+    file: str = setting("trace.log", "trace file, relative to the data directory")
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    domain: str = "netpost.test"  # mail domain made on first `serve` when no domain exists
-    user: str = "demo"  # demo account made with it, password generated and printed
+    domain: str = setting("netpost.test", "mail domain of the demo account")
+    user: str = setting("demo", "local part of the demo account")
 
 
-def _default_listen() -> dict[str, str]:
-    return {name: f":{std + 10000}" for name, (_, _, std) in LISTENERS.items()}
+# The core sections, in the order `netpost init` writes them (services' sections follow).
+CORE_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "tls": TLSSettings,
+    "auth": AuthSettings,
+    "limits": LimitSettings,
+    "trace": TraceSettings,
+    "demo": DemoSettings,
+}
+
+_DOCS = {
+    "server": "The process as a whole.",
+    "listen": "Where each service listens: \"HOST:PORT\", \":PORT\" (on server.bind) or \"off\".\n"
+    "# Defaults are the standard ports + 10000 so that no root is needed.",
+    "tls": "TLS 1.2 or newer on every listener. Empty = a self-signed certificate for\n"
+    "# server.hostname is made on first start in DATA/tls/.",
+    "auth": "Accounts and logins.",
+    "limits": "Bounds shared by every service; going past them gets the protocol's own error.",
+    "trace": "Protocol trace: sessions logged as `C: ...` / `S: ...` conversations\n"
+    "# (secrets and message bodies redacted). Follow it with `netpost trace`.",
+    "demo": "What `netpost serve` creates on first start when no domain exists yet.",
+}
+
+
+def _default_listen(registry: Registry) -> dict[str, str]:
+    return {decl.name: decl.default_address() for _, decl in registry.listeners()}
+
+
+def _default_sections(registry: Registry) -> dict[str, Any]:
+    return {name: cls() for name, cls in registry.sections().items()}
 
 
 @dataclass(frozen=True)
 class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
-    listen: dict[str, str] = field(default_factory=_default_listen)
+    listen: dict[str, str] = field(default_factory=lambda: _default_listen(default_registry()))
     tls: TLSSettings = field(default_factory=TLSSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     trace: TraceSettings = field(default_factory=TraceSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
+    # Each service's own section ([smtp], [pop3], ...), by section name.
+    services: Mapping[str, Any] = field(
+        default_factory=lambda: _default_sections(default_registry()))
+    # One line per deprecated setting found in the file (logged at start).
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def defaults(cls, registry: Registry | None = None) -> Config:
+        registry = registry or default_registry()
+        return cls(listen=_default_listen(registry), services=_default_sections(registry))
 
     def listen_address(self, name: str) -> ListenAddress | None:
         addr = parse_listen(self.listen[name], f"listen.{name}")
@@ -120,8 +166,12 @@ class Config:
     def traced(self, listener: str) -> bool:
         return "all" in self.trace.listeners or listener in self.trace.listeners
 
-
-_SECTIONS = ("server", "tls", "auth", "limits", "trace", "demo")
+    def section(self, name: str, cls: type[T]) -> T:
+        """The settings of service section `name`, typed."""
+        value = self.services[name]
+        if not isinstance(value, cls):
+            raise TypeError(f"section [{name}] holds {type(value).__name__}, not {cls.__name__}")
+        return value
 
 
 def _coerce(value: Any, default: Any, key: str) -> Any:
@@ -147,71 +197,103 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     return value
 
 
-def from_dict(data: dict[str, Any]) -> Config:
-    cfg = Config()
-    updates: dict[str, Any] = {}
+def _apply(current: Any, section: str, table: dict[str, Any]) -> Any:
+    """`current` (a settings dataclass) with the keys of `table` set, each checked."""
+    known = {f.name: f for f in fields(current)}
+    changes = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {section}.{key} (known: {', '.join(known)})")
+        changes[key] = _coerce(value, getattr(current, key), f"{section}.{key}")
+        if setting_positive(known[key]) and changes[key] <= 0:
+            raise ConfigError(f"{section}.{key} must be greater than 0")
+    return replace(current, **changes)
+
+
+def _renamed(registry: Registry) -> dict[str, tuple[str, str]]:
+    """Old "section.key" -> (section, key) for settings that moved to a service's section."""
+    out: dict[str, tuple[str, str]] = {}
+    for service in registry.services():
+        for old, new in getattr(service.settings, "RENAMED", {}).items():
+            out[old] = (service.name, new)
+    return out
+
+
+def from_dict(data: dict[str, Any], registry: Registry | None = None) -> Config:
+    registry = registry or default_registry()
+    cfg = Config.defaults(registry)
+    core: dict[str, dict[str, Any]] = {}
+    service_tables: dict[str, dict[str, Any]] = {}
+    sections = registry.sections()
+    warnings: list[str] = []
+    listen = dict(cfg.listen)
     for section, table in data.items():
         if section == "listen":
             if not isinstance(table, dict):
                 raise ConfigError("listen: expected a table of NAME = \"HOST:PORT\"")
-            listen = dict(cfg.listen)
             for name, value in table.items():
                 set_listen(listen, name, value)
-            updates["listen"] = listen
             continue
-        if section not in _SECTIONS:
-            known = ", ".join(("listen",) + _SECTIONS)
+        if section not in CORE_SECTIONS and section not in sections:
+            known = ", ".join(("listen", *CORE_SECTIONS, *sections))
             raise ConfigError(f"unknown section [{section}] (known: {known})")
         if not isinstance(table, dict):
             raise ConfigError(f"{section}: expected a table")
-        current = getattr(cfg, section)
-        known_keys = {f.name: getattr(current, f.name) for f in fields(current)}
-        changes = {}
-        for key, value in table.items():
-            if key not in known_keys:
-                raise ConfigError(
-                    f"unknown key {section}.{key} (known: {', '.join(known_keys)})"
-                )
-            changes[key] = _coerce(value, known_keys[key], f"{section}.{key}")
-        updates[section] = replace(current, **changes)
-    cfg = replace(cfg, **updates)
-    validate(cfg)
+        (core if section in CORE_SECTIONS else service_tables)[section] = dict(table)
+    # Settings that moved from a core section to a service's own (an old `netpost init` file).
+    for old, (section, key) in _renamed(registry).items():
+        old_section, _, old_key = old.partition(".")
+        table = core.get(old_section, {})
+        if old_key in table:
+            value = table.pop(old_key)
+            service_tables.setdefault(section, {}).setdefault(key, value)
+            warnings.append(f"{old} is now {section}.{key}; update the file "
+                            "('netpost init --force' writes every setting in its new place)")
+    updates: dict[str, Any] = {}
+    for section, table in core.items():
+        updates[section] = _apply(getattr(cfg, section), section, table)
+    services = dict(cfg.services)
+    for section, table in service_tables.items():
+        services[section] = _apply(services[section], section, table)
+    cfg = replace(cfg, listen=listen, services=services, warnings=tuple(warnings), **updates)
+    validate(cfg, registry)
     return cfg
 
 
 def set_listen(listen: dict[str, str], name: str, value: Any) -> None:
-    if name not in LISTENERS:
-        raise ConfigError(f"unknown listener {name!r} (known: {', '.join(LISTENERS)})")
+    """Set listener `name` (one of the keys `listen` already has) to "HOST:PORT" or "off"."""
+    if name not in listen:
+        raise ConfigError(f"unknown listener {name!r} (known: {', '.join(listen)})")
     if not isinstance(value, str):
         raise ConfigError(f"listen.{name}: expected \"HOST:PORT\" or \"off\", got {value!r}")
     parse_listen(value, f"listen.{name}")
     listen[name] = value
 
 
-# Settings where 0 would make the server unusable (every session closed at once...).
-_POSITIVE = ("limits.max_message_size", "limits.max_recipients", "limits.max_errors",
-             "limits.idle_timeout", "limits.pop3_idle_timeout", "limits.max_connections_per_ip",
-             "limits.max_connections")
-
-
-def validate(cfg: Config) -> None:
-    for key in _POSITIVE:
-        section, _, name = key.partition(".")
-        if getattr(getattr(cfg, section), name) <= 0:
-            raise ConfigError(f"{key} must be greater than 0")
+def validate(cfg: Config, registry: Registry | None = None) -> None:
+    registry = registry or default_registry()
+    names = registry.listener_names()
     for name in cfg.trace.listeners:
-        if name != "all" and name not in LISTENERS:
-            raise ConfigError(f"trace.listeners: unknown listener {name!r}")
+        if name != "all" and name not in names:
+            raise ConfigError(f"trace.listeners: unknown listener {name!r} "
+                              f"(known: {', '.join(names)})")
     if bool(cfg.tls.certificate) != bool(cfg.tls.key):
         raise ConfigError("tls: set both certificate and key, or neither (self-signed)")
     if cfg.auth.failure_max_delay < cfg.auth.failure_delay:
         raise ConfigError("auth.failure_max_delay must be at least auth.failure_delay")
+    for name, settings in cfg.services.items():
+        check = getattr(settings, "validate", None)
+        if check is not None:
+            try:
+                check()
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
 
 
-def load(path: Path | None) -> Config:
+def load(path: Path | None, registry: Registry | None = None) -> Config:
     """Load `path` if it exists (a missing default file means all defaults)."""
     if path is None or not path.exists():
-        return Config()
+        return Config.defaults(registry)
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
@@ -220,46 +302,9 @@ def load(path: Path | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
-        return from_dict(data)
+        return from_dict(data, registry)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-
-
-_DOCS = {
-    "server": "The process as a whole.",
-    "listen": "Where each service listens: \"HOST:PORT\", \":PORT\" (on server.bind) or \"off\".\n"
-    "# Defaults are the standard ports + 10000 so that no root is needed.",
-    "tls": "TLS 1.2 or newer on every listener. Empty = a self-signed certificate for\n"
-    "# server.hostname is made on first start in DATA/tls/.",
-    "auth": "Accounts and logins.",
-    "limits": "Per-session bounds; going past them gets the protocol's own error reply.",
-    "trace": "Protocol trace: sessions logged as `C: ...` / `S: ...` conversations\n"
-    "# (secrets and message bodies redacted). Follow it with `netpost trace`.",
-    "demo": "What `netpost serve` creates on first start when no domain exists yet.",
-}
-
-_COMMENTS = {
-    "hostname": "name in greetings, Received: fields and the self-signed certificate",
-    "bind": "default address of every listener",
-    "shutdown_grace": "seconds SIGTERM waits for transactions in flight",
-    "certificate": "PEM certificate chain file",
-    "key": "PEM private key file",
-    "allow_plaintext": "accept passwords before TLS: ONLY for development on loopback",
-    "failure_delay": "seconds of delay after a failed login; doubles per failure",
-    "failure_max_delay": "upper bound of that delay",
-    "failure_window": "seconds without failure after which an address is forgiven",
-    "max_message_size": "octets; larger messages get 552 5.3.4",
-    "max_recipients": "per message; more get 452 4.5.3",
-    "max_errors": "bad commands before the session is closed",
-    "idle_timeout": "seconds an SMTP client may stay silent",
-    "pop3_idle_timeout": "seconds a POP3 client may stay silent (RFC 1939: >= 600)",
-    "max_connections_per_ip": "concurrent sessions from one client address",
-    "max_connections": "concurrent sessions in all",
-    "listeners": "listener names to trace, or [\"all\"]",
-    "file": "trace file, relative to the data directory",
-    "domain": "mail domain of the demo account",
-    "user": "local part of the demo account",
-}
 
 
 def _toml_value(value: Any) -> str:
@@ -273,22 +318,36 @@ def _toml_value(value: Any) -> str:
     return f'"{escaped}"'
 
 
-def render_default() -> str:
+def _render_section(out: list[str], name: str, doc: str, settings: Any) -> None:
+    out.append(f"# {doc}")
+    out.append(f"[{name}]")
+    for f in dataclasses.fields(settings):
+        line = f"{f.name} = {_toml_value(getattr(settings, f.name))}"
+        out.append(f"{line:<40}# {setting_doc(f)}")
+    out.append("")
+
+
+def render_default(registry: Registry | None = None) -> str:
     """The commented netpost.toml that `netpost init` writes: every setting at its default."""
-    cfg = Config()
+    registry = registry or default_registry()
+    cfg = Config.defaults(registry)
     out = ["# netpost configuration. Every setting is shown at its default value.", ""]
-    for section in ("server", "listen", "tls", "auth", "limits", "trace", "demo"):
-        out.append(f"# {_DOCS[section]}")
-        out.append(f"[{section}]")
-        if section == "listen":
-            for name, (proto, implicit, std) in LISTENERS.items():
-                tls = "implicit TLS" if implicit else "STARTTLS"
-                out.append(f"{name} = {_toml_value(cfg.listen[name])}  # {proto}, {tls}, "
-                           f"standard port {std}")
+    _render_section(out, "server", _DOCS["server"], cfg.server)
+    out.append(f"# {_DOCS['listen']}")
+    out.append("[listen]")
+    for _, decl in registry.listeners():
+        if decl.transport is Transport.UDP:
+            kind = "UDP"
         else:
-            settings = getattr(cfg, section)
-            for f in fields(settings):
-                line = f"{f.name} = {_toml_value(getattr(settings, f.name))}"
-                out.append(f"{line:<40}# {_COMMENTS[f.name]}")
-        out.append("")
+            kind = {TLSMode.IMPLICIT: "implicit TLS", TLSMode.STARTTLS: "STARTTLS",
+                    TLSMode.NONE: "no TLS"}[decl.tls]
+        out.append(f"{decl.name} = {_toml_value(cfg.listen[decl.name])}  # {decl.protocol}, "
+                   f"{kind}, standard port {decl.standard_port}")
+    out.append("")
+    for name in ("tls", "auth", "limits", "trace", "demo"):
+        _render_section(out, name, _DOCS[name], getattr(cfg, name))
+    for service in registry.services():
+        if service.settings is not None:
+            _render_section(out, service.name, service.doc or f"The {service.name} service.",
+                            cfg.services[service.name])
     return "\n".join(out)

@@ -1,189 +1,183 @@
-"""The supervisor: opens the stores, starts every listener, stops gracefully on SIGTERM."""
+"""The supervisor: opens the stores, builds the services, starts every registered listener and
+worker, and stops gracefully on SIGTERM.
+
+What runs comes from the registry (`netpost.registry`): for each service, each listener that
+has an address gets the service's session factory (TCP) or datagram handler (UDP); each
+service's workers run beside them, with the core's garbage collection.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from netpost.auth.passwords import generate_password, hash_password, verify_password
-from netpost.auth.sasl import Credentials
-from netpost.auth.throttle import FailureThrottle
-from netpost.config import LISTENERS, Config
-from netpost.mail.address import normalize_address, valid_address
-from netpost.mail.delivery import LocalDelivery
-from netpost.net.listener import Listener, ListenerSpec, Session
+from netpost.config import Config, ListenAddress
+from netpost.net.datagram import DatagramListener
+from netpost.net.session import ListenerSpec
+from netpost.net.stream import StreamListener
 from netpost.net.tls import ensure_certificate, server_context
 from netpost.net.trace import TraceLog
-from netpost.pop3 import server as pop3_server
-from netpost.smtp import server as smtp_server
-from netpost.store.blobs import FileBlobStore
-from netpost.store.committer import GroupCommitter
-from netpost.store.interfaces import Account
-from netpost.store.sqlite import SQLiteStore
+from netpost.net.workers import Worker, WorkerPool, periodic
+from netpost.registry import (
+    BuildContext,
+    Registry,
+    StreamHandler,
+    TLSMode,
+    Transport,
+    default_registry,
+)
+from netpost.services import Services, build_services
+from netpost.store.embedded import open_stores
+from netpost.store.interfaces import Maintenance, Stores
 
 log = logging.getLogger("netpost")
 
-DB_NAME = "netpost.db"
 GC_INTERVAL = 600.0  # seconds between collections of expunged message files
 ORPHAN_MIN_AGE = 3600.0  # a file with no row this old was left by a crash
 DEMO_PASSWORD_FILE = "demo-password"
+DATAGRAM_RATE = 100.0  # datagrams per second from one source, after a burst of
+DATAGRAM_BURST = 200
 
 
-def open_store(data_dir: Path) -> SQLiteStore:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return SQLiteStore(str(data_dir / DB_NAME))
+class Listener(Protocol):
+    """What the supervisor needs of a listener, whatever its transport."""
+
+    spec: ListenerSpec
+    bound: ListenAddress | None
+
+    @property
+    def busy(self) -> bool: ...
+    async def start(self) -> None: ...
+    def stop_accepting(self) -> None: ...
+    def kill_all(self) -> None: ...
+    async def wait_closed(self) -> None: ...
 
 
-class App:
-    """The services every session uses."""
-
-    def __init__(self, data_dir: Path, config: Config) -> None:
-        self.data_dir = data_dir
-        self.config = config
-        self.store = open_store(data_dir)
-        self.blobs = FileBlobStore(str(data_dir / "blobs"))
-        self.committer = GroupCommitter(self.store, self.blobs)
-        self.delivery = LocalDelivery(self.store, self.store, self.committer,
-                                      config.server.hostname)
-        a = config.auth
-        self.throttle = FailureThrottle(a.failure_delay, a.failure_max_delay, a.failure_window)
-
-    async def login(self, creds: Credentials, peer: str, protocol: str) -> Account | None:
-        """Check a login; failures are answered late, later each time (same reply whether or
-        not the user exists)."""
-        earlier = self.throttle.failures(peer)
-        if earlier:
-            await asyncio.sleep(min(self.throttle.maximum,
-                                    self.throttle.base * 2 ** (earlier - 1)))
-        address = normalize_address(creds.authcid)
-        account = self.store.get_account(address) if valid_address(address) else None
-        authz_ok = not creds.authzid or normalize_address(creds.authzid) == address
-        ok = await asyncio.to_thread(
-            verify_password, account.password_hash if account else None, creds.password
-        )
-        if ok and authz_ok and account is not None:
-            self.throttle.record_success(peer)
-            return account
-        await asyncio.sleep(self.throttle.record_failure(peer, creds.authcid, protocol))
-        return None
-
-    async def collect_garbage(self, orphans: bool = False) -> None:
-        """Remove message files nothing references: expunged ones, and with `orphans` also
-        files a crash left between writing them and committing their message."""
-        removed = await self.committer.collect_garbage(
-            ORPHAN_MIN_AGE if orphans else None)
-        if removed:
-            log.info("removed %d unreferenced message file(s)", removed)
-
-    async def collect_garbage_forever(self) -> None:
-        while True:
-            await asyncio.sleep(GC_INTERVAL)
-            try:
-                await self.collect_garbage()
-            except Exception:
-                log.exception("garbage collection failed")
-
-    async def close(self) -> None:
-        await self.committer.close()
-        self.blobs.close()
-        self.store.close()
-
-
-def ensure_demo(app: App) -> tuple[str, str | None] | None:
+def ensure_demo(stores: Stores, config: Config, data_dir: Path) -> tuple[str, str | None] | None:
     """On first start (no domain yet) make the demo domain and account. Returns
     (address, password or None if it is no longer known)."""
-    demo = app.config.demo
-    path = app.data_dir / DEMO_PASSWORD_FILE
+    demo = config.demo
+    path = data_dir / DEMO_PASSWORD_FILE
     address = f"{demo.user}@{demo.domain}"
-    if not app.store.list_domains():
+    if not stores.domains.list_domains():
         password = generate_password()
-        app.store.add_domain(demo.domain)
-        app.store.add_account(address, hash_password(password))
+        stores.domains.add_domain(demo.domain)
+        stores.accounts.add_account(address, hash_password(password))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
         return address, password
-    if app.store.get_account(address) is None:
+    account = stores.accounts.get_account(address)
+    if account is None:
         return None
     if path.exists():
         password = path.read_text().strip()
-        account = app.store.get_account(address)
-        if account is not None and verify_password(account.password_hash, password):
+        if verify_password(account.password_hash, password):
             return address, password
     return address, None
 
 
-def _factory(app: App, cls: type[Session]) -> Callable[..., Session]:
-    return lambda listener, reader, writer, peer: cls(app, listener, reader, writer, peer)
+async def collect_garbage(maintenance: Maintenance, orphans: bool = False) -> None:
+    """Remove message files nothing references: expunged ones, and with `orphans` also
+    files a crash left between writing them and committing their message."""
+    removed = await maintenance.collect_garbage(ORPHAN_MIN_AGE if orphans else None)
+    if removed:
+        log.info("removed %d unreferenced message file(s)", removed)
 
 
-DESCRIPTIONS = {
-    "smtp": "SMTP MX (mail for local domains), STARTTLS",
-    "submission": "SMTP submission, STARTTLS + AUTH required",
-    "submissions": "SMTP submission, implicit TLS + AUTH required",
-    "pop3": "POP3, STLS",
-    "pop3s": "POP3, implicit TLS",
-}
+def build_listeners(registry: Registry, services: Services, config: Config,
+                    trace_log: TraceLog | None, ssl_ctx: ssl.SSLContext | None
+                    ) -> tuple[list[Listener], list[Worker]]:
+    """A listener for every registered listener with an address; every service's workers."""
+    listeners: list[Listener] = []
+    workers: list[Worker] = []
+    limits = config.limits
+    for service in registry.services():
+        settings = config.services.get(service.name)
+        ctx = BuildContext(services, config, settings)
+        if service.workers is not None:
+            workers.extend(service.workers(ctx))
+        for decl in service.listeners:
+            address = config.listen_address(decl.name)
+            if address is None:
+                continue
+            spec = ListenerSpec(decl.name, decl.protocol, address, decl.implicit_tls,
+                                config.traced(decl.name))
+            handler = service.build(ctx, decl)
+            if decl.transport is Transport.UDP:
+                if isinstance(handler, StreamHandler):
+                    raise TypeError(f"{decl.name}: a UDP listener needs a datagram handler")
+                listeners.append(DatagramListener(spec, handler, rate=DATAGRAM_RATE,
+                                                  burst=DATAGRAM_BURST, trace_log=trace_log))
+                continue
+            if not isinstance(handler, StreamHandler):
+                raise TypeError(f"{decl.name}: a TCP listener needs a StreamHandler")
+            listeners.append(StreamListener(
+                spec, handler.factory,
+                ssl_context=ssl_ctx if decl.tls is not TLSMode.NONE else None,
+                idle_timeout=handler.idle_timeout, max_connections=limits.max_connections,
+                max_per_ip=limits.max_connections_per_ip, trace_log=trace_log,
+                refuse=handler.refuse,
+            ))
+    return listeners, workers
 
 
-def build_listeners(app: App, trace_log: TraceLog | None, ssl_ctx: object) -> list[Listener]:
-    cfg = app.config
-    listeners = []
-    for name, (protocol, implicit, _std) in LISTENERS.items():
-        address = cfg.listen_address(name)
-        if address is None:
-            continue
-        spec = ListenerSpec(name, protocol, address, implicit, cfg.traced(name))
-        if protocol == "pop3":
-            factory, refuse = _factory(app, pop3_server.POP3Session), pop3_server.refuse_line
-        else:
-            factory, refuse = _factory(app, smtp_server.SMTPSession), smtp_server.refuse_line
-        listeners.append(Listener(
-            spec, factory, ssl_context=ssl_ctx,  # type: ignore[arg-type]
-            idle_timeout=cfg.limits.pop3_idle_timeout if protocol == "pop3"
-            else cfg.limits.idle_timeout,
-            max_connections=cfg.limits.max_connections,
-            max_per_ip=cfg.limits.max_connections_per_ip, trace_log=trace_log, refuse=refuse,
-        ))
-    return listeners
-
-
-async def serve(data_dir: Path, config: Config,
-                announce: Callable[[str], None] | None = None) -> int:
+async def serve(data_dir: Path, config: Config, *,
+                announce: Callable[[str], None] | None = None,
+                registry: Registry | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set); returns the exit status."""
+    registry = registry or default_registry()
     if announce is None:
         def announce(line: str) -> None:
             print(line, flush=True)
-    app = App(data_dir, config)
-    cert, key, made = ensure_certificate(data_dir, config.server.hostname,
-                                         config.tls.certificate, config.tls.key)
-    ssl_ctx = server_context(cert, key)
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
+    stores = open_stores(data_dir)
+    try:
+        cert, key, made = ensure_certificate(data_dir, config.server.hostname,
+                                             config.tls.certificate, config.tls.key)
+        ssl_ctx = server_context(cert, key)
+        demo = ensure_demo(stores, config, data_dir)
+        await collect_garbage(stores.maintenance, orphans=True)
+    except BaseException:
+        await asyncio.to_thread(stores.close)
+        raise
     trace_log = TraceLog(data_dir / config.trace.file) if config.trace.listeners else None
-    demo = ensure_demo(app)
-    await app.collect_garbage(orphans=True)
-    listeners = build_listeners(app, trace_log, ssl_ctx)
+    services = build_services(stores, config)
+    listeners, workers = build_listeners(registry, services, config, trace_log, ssl_ctx)
+    workers.insert(0, periodic("garbage collection", GC_INTERVAL,
+                               lambda: collect_garbage(stores.maintenance)))
+    started: list[Listener] = []
     try:
         for listener in listeners:
             await listener.start()
+            started.append(listener)
     except OSError as exc:
-        for listener in listeners:
-            listener.stop_accepting()
-        await app.close()
-        raise SystemExit(f"netpost: cannot listen on {listener.spec.address} "
-                         f"({listener.spec.name}): {exc.strerror}; choose another with "
-                         f"--listen {listener.spec.name}=HOST:PORT") from exc
+        for other in started:
+            other.stop_accepting()
+            await other.wait_closed()
+        await asyncio.to_thread(stores.close)
+        name = listener.spec.name
+        raise SystemExit(f"netpost: cannot listen on {listener.spec.address} ({name}): "
+                         f"{exc.strerror}; choose another with --listen {name}=HOST:PORT"
+                         ) from exc
 
     announce(f"netpost {config.server.hostname}: data in {data_dir.resolve()}")
     if made:
         announce(f"made a self-signed TLS certificate: {cert}")
     for listener in listeners:
-        announce(f"listening {listener.spec.name:<12} {listener.bound}  "
-                 f"{DESCRIPTIONS[listener.spec.name]}")
-    announce(f"mail domains: {', '.join(app.store.list_domains()) or '(none)'}")
+        decl = registry.listener(listener.spec.name)
+        where = f"{listener.bound}" + ("/udp" if decl.transport is Transport.UDP else "")
+        announce(f"listening {listener.spec.name:<12} {where:<16} {decl.description}")
+    announce(f"mail domains: {', '.join(stores.domains.list_domains()) or '(none)'}")
     if demo is not None:
         address, password = demo
         shown = password if password else f"(changed; not in {DEMO_PASSWORD_FILE})"
@@ -192,29 +186,35 @@ async def serve(data_dir: Path, config: Config,
         announce(f"protocol trace: {trace_log.path} (follow it with `netpost trace`)")
     announce("ready")
 
-    gc_task = asyncio.create_task(app.collect_garbage_forever())
-    stop = asyncio.Event()
+    pool = WorkerPool(workers)
+    pool.start()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    try:
+        await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
     log.info("stopping: no new connections; finishing transactions in flight")
-    gc_task.cancel()
     for listener in listeners:
         listener.stop_accepting()
-    deadline = loop.time() + config.server.shutdown_grace
-    while any(listener.sessions for listener in listeners) and loop.time() < deadline:
+    grace = config.server.shutdown_grace
+    deadline = loop.time() + grace
+    workers_stopped = asyncio.create_task(pool.stop(grace))
+    while any(listener.busy for listener in listeners) and loop.time() < deadline:
         await asyncio.sleep(0.05)
     for listener in listeners:
         listener.kill_all()
-    while any(listener.sessions for listener in listeners):
+    while any(listener.busy for listener in listeners):
         await asyncio.sleep(0.01)
     for listener in listeners:
-        if listener.server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(listener.server.wait_closed(), 2)
-    await app.close()
+        await listener.wait_closed()
+    await workers_stopped
+    await asyncio.to_thread(stores.close)
     if trace_log is not None:
         trace_log.close()
     log.info("stopped")

@@ -7,28 +7,24 @@ from pathlib import Path
 import pytest
 
 from netpost.mail.delivery import LocalDelivery, NotLocal, UnknownRecipient
-from netpost.store.blobs import FileBlobStore
-from netpost.store.committer import GroupCommitter
-from netpost.store.sqlite import SQLiteStore
+from netpost.store.embedded import open_stores
 
 
 @pytest.fixture()
 def delivery(tmp_path: Path):  # type: ignore[no-untyped-def]
-    store = SQLiteStore(str(tmp_path / "db"))
-    blobs = FileBlobStore(str(tmp_path / "blobs"))
-    committer = GroupCommitter(store, blobs)
+    stores = open_stores(tmp_path)
     for domain in ("example.org", "other.org"):
-        store.add_domain(domain)
+        stores.domains.add_domain(domain)
     for user in ("alice", "bob"):
-        store.add_account(f"{user}@example.org", "x")
-    yield LocalDelivery(store, store, committer, "mx.example.org")
-    committer.close_sync()
-    store.close()
+        stores.accounts.add_account(f"{user}@example.org", "x")
+    yield LocalDelivery(stores.domains, stores.accounts, stores.aliases, stores.mailboxes,
+                        stores.delivery, "mx.example.org")
+    stores.close()
 
 
 def test_catch_all_never_makes_another_account_ownable(delivery: LocalDelivery) -> None:
-    delivery.accounts.add_alias("@example.org", "alice@example.org")
-    delivery.accounts.add_alias("sales@example.org", "alice@example.org")
+    delivery.aliases.add_alias("@example.org", "alice@example.org")
+    delivery.aliases.add_alias("sales@example.org", "alice@example.org")
     assert delivery.owns("alice@example.org", "alice@example.org")
     assert delivery.owns("alice@example.org", "sales@example.org")
     assert not delivery.owns("alice@example.org", "bob@example.org")  # an account

@@ -141,7 +141,7 @@ def test_connection_limit_counts_all_sessions_per_address(crowded: Server) -> No
 
 @pytest.fixture(scope="module")
 def sleepy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = launch(tmp_path_factory, "sleepy", "[limits]\nidle_timeout = 1\npop3_idle_timeout = 1\n")
+    s = launch(tmp_path_factory, "sleepy", "[smtp]\nidle_timeout = 1\n[pop3]\nidle_timeout = 1\n")
     yield s
     stop(s)
 

@@ -22,7 +22,7 @@ def test_put_read_layout(tmp_path: Path) -> None:
     ref = store.put(b"hello\r\n")
     sha = hashlib.sha256(b"hello\r\n").hexdigest()
     assert ref == BlobRef(sha, 7)
-    path = store.open_path(ref)
+    path = store.local_path(ref)
     assert path == str(tmp_path / sha[:2] / sha)
     assert store.read(ref) == b"hello\r\n"
     assert not list((tmp_path / "tmp").iterdir())
@@ -31,9 +31,9 @@ def test_put_read_layout(tmp_path: Path) -> None:
 def test_put_dedup_does_not_rewrite(tmp_path: Path) -> None:
     store = FileBlobStore(str(tmp_path))
     ref = store.put(b"same")
-    ino = os.stat(store.open_path(ref)).st_ino
+    ino = os.stat(store.local_path(ref)).st_ino
     assert store.put(b"same") == ref
-    assert os.stat(store.open_path(ref)).st_ino == ino
+    assert os.stat(store.local_path(ref)).st_ino == ino
     assert len(_files(tmp_path)) == 1
 
 
@@ -49,15 +49,15 @@ def test_delete_missing_is_fine(tmp_path: Path) -> None:
     ref = store.put(b"x")
     store.delete(ref)
     store.delete(ref)
-    assert not os.path.exists(store.open_path(ref))
+    assert not os.path.exists(store.local_path(ref))
     assert store.put(b"x") == ref  # and it can come back
     assert store.read(ref) == b"x"
 
 
-def test_open_path_rejects_non_digest(tmp_path: Path) -> None:
+def test_local_path_rejects_non_digest(tmp_path: Path) -> None:
     store = FileBlobStore(str(tmp_path))
     with pytest.raises(ValueError):
-        store.open_path(BlobRef("../../etc/passwd", 1))
+        store.local_path(BlobRef("../../etc/passwd", 1))
 
 
 def test_put_many(tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_stage_then_finish(tmp_path: Path) -> None:
     store = FileBlobStore(str(tmp_path))
     staged = store.stage_many([b"one", b"two", b"one"])
     assert [store.read(r) for r in staged.refs] == [b"one", b"two", b"one"]
-    assert staged.dirs_to_sync  # entries not yet durable until finish()
+    assert staged.pending  # entries not yet durable until finish()
     store.finish(staged)
     # A second store over the same tree dedups against what is there.
     again = FileBlobStore(str(tmp_path))

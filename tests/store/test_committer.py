@@ -61,7 +61,7 @@ def test_many_concurrent_async_callers(tmp_path: Path) -> None:
         mailbox = reopened.get_mailbox_by_id(inbox)
         assert mailbox is not None and mailbox.uidnext == count + 1
         for row in rows[:20]:
-            assert os.path.exists(blobs.open_path(row.blob))
+            assert os.path.exists(blobs.local_path(row.blob))
     headers = reopened.headers(inboxes[0], 1)
     assert headers is not None and headers["subject"].startswith("message ")
     reopened.close()
@@ -104,7 +104,7 @@ def test_collect_garbage(tmp_path: Path) -> None:
     assert committer.collect_garbage_sync() == 0  # still in bob's INBOX
     store.expunge(inboxes[1], [1])
     assert committer.collect_garbage_sync() == 1
-    assert not os.path.exists(blobs.open_path(ref))
+    assert not os.path.exists(blobs.local_path(ref))
     # The same content delivered again comes back whole.
     committer.deliver_sync(data, parse_meta(data, 1.0), inboxes[:1])
     assert blobs.read(store.messages(inboxes[0])[0].blob) == data

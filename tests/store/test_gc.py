@@ -27,7 +27,7 @@ def test_collects_expunged_and_orphans_but_not_live(tmp_path: Path) -> None:
     # A crash between writing a file and committing its message leaves a file with no row.
     [orphan] = blobs.put_many([b"Subject: orphan\r\n\r\nlost\r\n"])
     old = time.time() - 7200
-    os.utime(blobs.open_path(orphan), (old, old))
+    os.utime(blobs.local_path(orphan), (old, old))
     [young] = blobs.put_many([b"Subject: young\r\n\r\nin flight elsewhere\r\n"])
 
     assert committer.collect_garbage_sync() == 1  # the expunged message's file

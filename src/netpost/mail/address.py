@@ -19,6 +19,10 @@ Rules:
   canonical form is lower-case, without surrounding white space and without the trailing
   root dot(s) of the domain.
 
+The SMTP engine checks the looser *wire* syntax of RFC 5321 4.1.2 (any case, U-labels under
+SMTPUTF8, no label length bound): `valid_wire_domain` and `WIRE_LABEL` here are that rule, so
+both rules for what a domain looks like live in this one module.
+
 `normalize_address` / `normalize_domain` give the canonical form of any text and never fail
 (use them to look names up); `parse_address` / `parse_domain` / `parse_alias_source` also
 check the rules and raise `InvalidAddress` / `InvalidDomain` (use them before storing a name).
@@ -38,6 +42,14 @@ _ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_RE = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+# RFC 5321 4.1.2 Domain as it may appear in a command: sub-domains of letters, digits and inner
+# hyphens in any case, plus UTF8-non-ascii (RFC 6531 3.3) for SMTPUTF8.
+UTF8_NON_ASCII = "\u0080-\U0010ffff"
+WIRE_LABEL = (rf"[A-Za-z0-9{UTF8_NON_ASCII}]"
+              rf"(?:[A-Za-z0-9{UTF8_NON_ASCII}-]*[A-Za-z0-9{UTF8_NON_ASCII}])?")
+_WIRE_DOMAIN_RE = re.compile(rf"{WIRE_LABEL}(?:\.{WIRE_LABEL})*")
+MAX_WIRE_DOMAIN = 255  # octets (RFC 5321 4.5.3.1.2)
 
 # Only ASCII letters change case: str.lower() would also turn U+212A KELVIN SIGN into "k".
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -137,3 +149,10 @@ def valid_address(address: str) -> bool:
     except InvalidAddress:
         return False
     return True
+
+
+def valid_wire_domain(text: str) -> bool:
+    """Is `text` a Domain by RFC 5321 4.1.2 (U-labels allowed; address literals are the
+    SMTP engine's)?  Looser than `parse_domain`: this is syntax, not a name we store."""
+    return (len(text.encode("utf-8")) <= MAX_WIRE_DOMAIN
+            and _WIRE_DOMAIN_RE.fullmatch(text) is not None)

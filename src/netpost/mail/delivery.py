@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from netpost.mail.address import normalize_address as normalize
 from netpost.mail.address import normalize_domain, split_address
 from netpost.mail.message import parse_meta
-from netpost.store.committer import GroupCommitter
-from netpost.store.interfaces import AccountStore, MailStore
+from netpost.store.interfaces import Accounts, Aliases, DeliveryTarget, Domains, MailboxCatalogue
 
 MAX_ALIAS_DEPTH = 8
 DELIVERY_TIMEOUT = 120.0  # seconds
@@ -41,16 +40,18 @@ class NotLocal(Exception):
 
 
 class LocalDelivery:
-    def __init__(self, accounts: AccountStore, mail: MailStore, committer: GroupCommitter,
-                 hostname: str) -> None:
+    def __init__(self, domains: Domains, accounts: Accounts, aliases: Aliases,
+                 mailboxes: MailboxCatalogue, target: DeliveryTarget, hostname: str) -> None:
+        self.domains = domains
         self.accounts = accounts
-        self.mail = mail
-        self.committer = committer
+        self.aliases = aliases
+        self.mailboxes = mailboxes
+        self.target = target
         self.hostname = hostname
         self._cache: dict[str, tuple[float, Recipient | type[Exception]]] = {}
 
     def is_local_domain(self, domain: str) -> bool:
-        return self.accounts.has_domain(normalize_domain(domain))
+        return self.domains.has_domain(normalize_domain(domain))
 
     def resolve(self, address: str) -> Recipient:
         """The INBOXes `address` delivers to, following aliases. Raises NotLocal or
@@ -73,7 +74,7 @@ class LocalDelivery:
 
     def _resolve(self, address: str) -> Recipient:
         if address == "postmaster":  # RFC 5321 4.5.1: <postmaster> without a domain
-            domains = self.accounts.list_domains()
+            domains = self.domains.list_domains()
             if not domains:
                 raise UnknownRecipient(address)
             address = f"postmaster@{domains[0]}"
@@ -92,11 +93,11 @@ class LocalDelivery:
         seen.add(address)
         account = self.accounts.get_account(address)
         if account is not None:
-            inbox = self.mail.get_mailbox(account.id, "INBOX")
+            inbox = self.mailboxes.get_mailbox(account.id, "INBOX")
             if inbox is not None:
                 boxes.append(inbox.id)
             return
-        for target in self.accounts.alias_targets(address):
+        for target in self.aliases.alias_targets(address):
             target = normalize(target)
             if self.is_local_domain(split_address(target)[1]):
                 self._expand(target, boxes, seen, depth + 1)
@@ -109,7 +110,7 @@ class LocalDelivery:
             return True
         if self.accounts.get_account(sender) is not None:
             return False
-        targets = self.accounts.alias_targets(sender, catch_all=False)
+        targets = self.aliases.alias_targets(sender, catch_all=False)
         return account_address in {normalize(t) for t in targets}
 
     async def deliver(self, content: bytes, *, mail_from: str, recipients: Sequence[Recipient],
@@ -126,10 +127,18 @@ class LocalDelivery:
         )
         data = trace + content
         meta = parse_meta(data, now)
-        mailbox_ids = list(dict.fromkeys(b for r in recipients for b in r.mailbox_ids))
+        tx = self.target.begin()
+        for recipient in recipients:
+            for mailbox_id in recipient.mailbox_ids:
+                tx.add_mailbox(mailbox_id)
+        tx.body(data, meta)
         # A stuck disk must not hold the session forever: the client gets 451 and retries
         # (SMTP is at-least-once; a late commit then means a duplicate, never a loss).
-        await asyncio.wait_for(self.committer.deliver(data, meta, mailbox_ids), DELIVERY_TIMEOUT)
+        try:
+            await asyncio.wait_for(tx.commit(), DELIVERY_TIMEOUT)
+        except BaseException:
+            tx.abort()
+            raise
         return msg_id
 
 

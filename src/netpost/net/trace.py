@@ -1,6 +1,7 @@
 """Protocol trace: each traced session is logged as its conversation.
 
-Lines look like `2026-11-23T10:00:00.123Z smtp#12 127.0.0.1:53211 C: EHLO client.example`.
+Lines look like `2026-11-23T10:00:00.123Z smtp#12 127.0.0.1:53211 C: EHLO client.example`
+(datagram listeners: `... ntp 127.0.0.1:40000 C: ...`, one exchange per datagram).
 The engines redact secrets and message bodies before a line gets here.
 """
 
@@ -37,6 +38,16 @@ class TraceLog:
             write(f"{_stamp()} {sid} {peer} {direction}: {line}\n")
 
         trace("*", "connected")
+        return trace
+
+    def datagrams(self, listener: str) -> Callable[[str, str, str], None]:
+        """A tracer for a datagram listener: (peer, direction, line); each datagram is its own
+        exchange, so lines carry the listener's name and the peer, not a session number."""
+        write = self._file.write
+
+        def trace(peer: str, direction: str, line: str) -> None:
+            write(f"{_stamp()} {listener} {peer} {direction}: {line}\n")
+
         return trace
 
     def close(self) -> None:

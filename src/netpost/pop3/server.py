@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
-from netpost.net.listener import Engine, Session
+from netpost.auth.service import Authenticator
+from netpost.mail.mailboxes import Mailboxes
+from netpost.net.session import Engine, Session
 from netpost.pop3.protocol import (
     AuthRequest,
     MaildropEntry,
@@ -17,16 +19,13 @@ from netpost.pop3.protocol import (
     StartTLS,
     Update,
 )
-from netpost.store.interfaces import BlobRef
+from netpost.store.interfaces import BlobRef, MaildropRow
 
 if TYPE_CHECKING:
-    from netpost.server import App
+    from netpost.net.stream import StreamListener
 
 log = logging.getLogger("netpost.pop3")
 
-# Messages up to this size are read on the event loop (page cache, microseconds); bigger ones
-# in a thread so that one large RETR does not stall other sessions.
-INLINE_READ = 1024 * 1024
 FLUSH_AFTER = 4 * 1024 * 1024  # octets of queued replies before waiting for the socket
 
 
@@ -34,51 +33,29 @@ def refuse_line(reason: str) -> bytes:
     return f"-ERR [SYS/TEMP] {reason}, try again later\r\n".encode()
 
 
-def uidl(uidvalidity: int, uid: int) -> str:
-    # DESIGN.md: UIDL is derived from UIDVALIDITY and UID, so it is stable and never reused.
-    return f"{uidvalidity}.{uid}"
-
-
-_O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
-
-
-def read_file(path: str, size: int) -> bytes:
-    """The file's content, read with as few syscalls as possible when it has `size` octets.
-
-    Returns more than `size` octets (size + 1) if the file is longer, fewer if it is shorter.
-    """
-    fd = os.open(path, _O_READ)
-    try:
-        data = os.read(fd, size + 1)
-        if len(data) < size:  # end of file, or a short read: go on until one of the two
-            parts = [data]
-            got = len(data)
-            while got <= size and (more := os.read(fd, size + 1 - got)):
-                parts.append(more)
-                got += len(more)
-            data = b"".join(parts)
-    finally:
-        os.close(fd)
-    return data
-
-
 class POP3Session(Session):
-    app: App
+    """One POP3 connection; the maildrop is the INBOX as it was at login."""
 
-    def make_engine(self) -> Engine:
-        cfg = self.app.config
-        settings = POP3Settings(
-            tls_available=self.listener.ssl_context is not None,
-            allow_plaintext_auth=cfg.auth.allow_plaintext,
-            max_errors=cfg.limits.max_errors,
-        )
-        self.pop = POP3Connection(settings, tls_active=self.tls_active, trace=self.trace)
+    def __init__(self, listener: StreamListener, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, peer: str, *, settings: POP3Settings,
+                 hostname: str, mailboxes: Mailboxes, auth: Authenticator) -> None:
+        super().__init__(listener, reader, writer, peer)
+        self.settings = settings
+        self.hostname = hostname
+        self.mailboxes = mailboxes
+        self.auth = auth
         self.mailbox_id: int | None = None
         self.unflushed = 0
+
+    def make_engine(self) -> Engine:
+        settings = self.settings
+        if self.listener.ssl_context is None and settings.tls_available:
+            settings = dataclasses.replace(settings, tls_available=False)
+        self.pop = POP3Connection(settings, tls_active=self.tls_active, trace=self.trace)
         return self.pop
 
     def start(self) -> None:
-        self.pop.greeting(f"{self.app.config.server.hostname} netpost POP3 server ready")
+        self.pop.greeting(f"{self.hostname} netpost POP3 server ready")
 
     def say_goodbye(self, reason: str) -> None:
         # RFC 1939 6: without QUIT nothing is deleted.
@@ -107,33 +84,29 @@ class POP3Session(Session):
             self.pop.reject_auth("[SYS/TEMP] Temporary problem, try again later")
 
     async def _login(self, event: AuthRequest) -> None:
-        account = await self.app.login(event.credentials, self.peer, "pop3")
+        account = await self.auth.login(event.credentials, self.peer, "pop3")
         if account is None:
             self.pop.reject_auth("[AUTH] Authentication failed")
             return
-        mail = self.app.store
-        inbox = mail.get_mailbox(account.id, "INBOX")
+        inbox = self.mailboxes.inbox(account)
         if inbox is None:
             self.pop.reject_auth("[SYS/PERM] Mailbox unavailable")
             return
         self.mailbox_id = inbox.id
         # The maildrop: one (uid, size, sha256, has_dot_lines) tuple per message, UID order;
         # the tuple is the entry's key, the handle the Retrieve handler gets back.
+        # UIDL is UIDVALIDITY.UID (DESIGN.md): stable, and never reused.
         prefix = f"{inbox.uidvalidity}."
         self.pop.accept_auth([
             MaildropEntry(row[1], prefix + str(row[0]), row)
-            for row in mail.maildrop(inbox.id)
+            for row in self.mailboxes.maildrop(inbox)
         ])
 
     async def retrieve(self, event: Retrieve) -> None:
-        key: tuple[int, int, str, int] = event.entry.key  # type: ignore[assignment]
+        key: MaildropRow = event.entry.key  # type: ignore[assignment]  # set in _login
         _uid, size, sha256, dot_lines = key
         try:
-            path = self.app.blobs.open_path(BlobRef(sha256, size))
-            if size <= INLINE_READ:
-                content = read_file(path, size)
-            else:
-                content = await asyncio.to_thread(read_file, path, size)
+            content = await self.mailboxes.read(BlobRef(sha256, size))
         except OSError:
             log.exception("cannot read message %s", sha256)
             self.pop.send_error("[SYS/TEMP] Message unavailable")
@@ -168,7 +141,7 @@ class POP3Session(Session):
             return
         uids = [entry.key[0] for entry in event.deleted]  # type: ignore[index]
         try:
-            await asyncio.to_thread(self.app.store.expunge, self.mailbox_id, uids)
+            await self.mailboxes.expunge(self.mailbox_id, uids)
         except Exception:
             log.exception("POP3 expunge failed")
             self.pop.update_done(False, "[SYS/TEMP] Some deleted messages not removed")

@@ -25,6 +25,7 @@ from netpost.auth.sasl import (
     SASLError,
     SASLExchange,
 )
+from netpost.mail.address import UTF8_NON_ASCII, WIRE_LABEL, valid_wire_domain
 
 __all__ = [
     "AuthRequest",
@@ -163,9 +164,9 @@ AUTH_LINE_LIMIT = 12288
 
 # --- syntax (RFC 5321 4.1.2, RFC 6531 3.3) ----------------------------------------------------
 
-_U = "\u0080-\U0010ffff"  # UTF8-non-ascii (RFC 6531 3.3); ASCII-only is checked separately
-_LABEL = rf"[A-Za-z0-9{_U}](?:[A-Za-z0-9{_U}-]*[A-Za-z0-9{_U}])?"
-_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+# Domain syntax is netpost.mail.address's (one module for both the wire and the account rules).
+_U = UTF8_NON_ASCII  # ASCII-only is checked separately
+_LABEL = WIRE_LABEL
 # EHLO/HELO argument: be lenient about underscores, which many real hosts send.
 _HLABEL = rf"[A-Za-z0-9_{_U}](?:[A-Za-z0-9_{_U}-]*[A-Za-z0-9_{_U}])?"
 _HELO_DOMAIN_RE = re.compile(rf"{_HLABEL}(?:\.{_HLABEL})*\.?")
@@ -200,11 +201,9 @@ def _valid_literal(text: str) -> bool:
 
 
 def _valid_domain(text: str) -> bool:
-    if len(text.encode("utf-8")) > 255:  # RFC 5321 4.5.3.1.2
-        return False
     if text.startswith("["):
-        return _valid_literal(text)
-    return _DOMAIN_RE.fullmatch(text) is not None
+        return len(text.encode("utf-8")) <= 255 and _valid_literal(text)  # RFC 5321 4.5.3.1.2
+    return valid_wire_domain(text)  # RFC 5321 4.1.2, 4.5.3.1.2
 
 
 def _valid_helo(text: str) -> bool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
+from netpost.auth.service import Authenticator
 from netpost.mail.address import normalize_address
-from netpost.mail.delivery import NotLocal, Recipient, UnknownRecipient
-from netpost.net.listener import Engine, Session
+from netpost.mail.delivery import LocalDelivery, NotLocal, Recipient, UnknownRecipient
+from netpost.net.session import Engine, Session
 from netpost.smtp.protocol import (
     AuthRequest,
     MailFrom,
@@ -20,7 +23,7 @@ from netpost.smtp.protocol import (
 )
 
 if TYPE_CHECKING:
-    from netpost.server import App
+    from netpost.net.stream import StreamListener
 
 log = logging.getLogger("netpost.smtp")
 
@@ -34,24 +37,22 @@ def refuse_line(reason: str) -> bytes:
 
 
 class SMTPSession(Session):
-    app: App
+    """One SMTP connection on the MX or a submission listener (`settings.submission`)."""
+
+    def __init__(self, listener: StreamListener, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, peer: str, *, settings: SMTPSettings,
+                 delivery: LocalDelivery, auth: Authenticator) -> None:
+        super().__init__(listener, reader, writer, peer)
+        self.settings = settings
+        self.delivery = delivery
+        self.auth = auth
+        self.recipients: dict[str, Recipient] = {}
 
     def make_engine(self) -> Engine:
-        spec = self.listener.spec
-        cfg = self.app.config
-        submission = spec.protocol == "submission"
-        settings = SMTPSettings(
-            hostname=cfg.server.hostname,
-            submission=submission,
-            tls_available=self.listener.ssl_context is not None,
-            auth_enabled=submission,
-            allow_plaintext_auth=cfg.auth.allow_plaintext,
-            max_message_size=cfg.limits.max_message_size,
-            max_recipients=cfg.limits.max_recipients,
-            max_errors=cfg.limits.max_errors,
-        )
+        settings = self.settings
+        if self.listener.ssl_context is None and settings.tls_available:
+            settings = dataclasses.replace(settings, tls_available=False)
         self.smtp = SMTPConnection(settings, tls_active=self.tls_active, trace=self.trace)
-        self.recipients: dict[str, Recipient] = {}
         return self.smtp
 
     def start(self) -> None:
@@ -79,7 +80,7 @@ class SMTPSession(Session):
             elif isinstance(event, MailFrom):
                 smtp.send(self.mail_from(event.address))
             elif isinstance(event, AuthRequest):
-                account = await self.app.login(event.credentials, self.peer, "smtp")
+                account = await self.auth.login(event.credentials, self.peer, "smtp")
                 if account is None:
                     smtp.reject_auth()
                 else:
@@ -98,18 +99,18 @@ class SMTPSession(Session):
     def mail_from(self, address: str) -> Reply:
         self.recipients = {}
         user = self.smtp.authenticated_as
-        if self.listener.spec.protocol == "submission" and user is not None and address:
+        if self.settings.submission and user is not None and address:
             # RFC 6409 8.1 lets a submission server check the sender: only the account's
             # own address and the aliases that deliver to it.
-            if not self.app.delivery.owns(user, address):
+            if not self.delivery.owns(user, address):
                 return Reply(553, "5.7.1", f"Sender address <{address}> is not owned by {user}")
         return OK_SENDER
 
     def rcpt(self, address: str) -> Reply:
         try:
-            recipient = self.app.delivery.resolve(address)
+            recipient = self.delivery.resolve(address)
         except NotLocal:
-            if self.listener.spec.protocol == "submission":
+            if self.settings.submission:
                 return Reply(550, "5.7.1", f"<{address}>: delivery to other domains is not "
                              "available yet (netpost has no outbound queue); local domains only")
             # RFC 5321 3.6.2: no open relay.
@@ -129,7 +130,7 @@ class SMTPSession(Session):
         if self.smtp.esmtp:
             proto += ("S" if tls else "") + ("A" if auth else "")
         try:
-            msg_id = await self.app.delivery.deliver(
+            msg_id = await self.delivery.deliver(
                 event.data, mail_from=event.mail_from, recipients=recipients,
                 helo=self.smtp.helo_domain, client_ip=self.peer, with_protocol=proto, tls=tls,
                 authenticated=auth,

@@ -1,13 +1,15 @@
-"""Content-addressed message files on a local filesystem.
+"""Content-addressed message files on a local filesystem (the embedded `StagingBlobStore`).
 
-A blob lives at ``root/ab/cd/<sha256 hex>``.  It is written to ``root/tmp/<unique>`` (O_EXCL),
-fsync'd, renamed to its final name and the final directory is fsync'd, so a crash at any point
-leaves either nothing or the whole file under the final name; never a partial one.  Directories
-created on the way have their parents fsync'd too.
+A blob lives at ``root/ab/<sha256 hex>``: one level of 256 fan-out directories, all made (and
+made durable) when the store is created, so that writing a blob never creates a directory.  A
+blob is written to ``root/tmp/<unique>`` (O_EXCL), fsync'd, renamed to its final name, and the
+final directory is fsync'd; a crash at any point leaves either nothing or the whole file under
+the final name, never a partial one.
 
-`put_many` is the group-commit form: it writes and fsyncs every file (in a small thread pool, so
-the filesystem can fold the flushes into fewer journal commits), renames them, then fsyncs each
-distinct directory once.
+`stage_many` + `finish` is the group-commit form: every file of a batch is written, then all
+are fsync'd together (in a small thread pool, so the filesystem can fold the flushes into
+fewer journal commits) and renamed; `finish` fsyncs each distinct directory once.  `create`
+writes one blob in pieces (hashing as it goes) for content too large to hold in memory.
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
-from netpost.store.interfaces import BlobRef
+from netpost.store.interfaces import BlobRef, StagedBlobs
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -31,12 +32,7 @@ _TMP = "tmp"
 _HEX = frozenset("0123456789abcdef")
 
 
-@dataclass(frozen=True)
-class StagedBlobs:
-    """Blobs written by `FileBlobStore.stage_many`, durable once `finish`ed."""
-
-    refs: list[BlobRef]
-    dirs_to_sync: list[str]
+_O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
 def _fsync_dir(path: str) -> None:
@@ -48,7 +44,7 @@ def _fsync_dir(path: str) -> None:
 
 
 class FileBlobStore:
-    """A `BlobStore` on a directory tree; safe to use from many threads at once."""
+    """A `StagingBlobStore` on a directory tree; safe to use from many threads at once."""
 
     def __init__(self, root: str, *, fsync_workers: int = 8, tmp_max_age: float = 3600.0) -> None:
         self.root = os.path.abspath(root)
@@ -85,7 +81,7 @@ class FileBlobStore:
         if missing:
             _fsync_dir(self.root)
 
-    def open_path(self, ref: BlobRef) -> str:
+    def local_path(self, ref: BlobRef) -> str:
         sha = ref.sha256
         if len(sha) != 64 or not _HEX.issuperset(sha):
             raise ValueError(f"not a sha256 hex digest: {sha!r}")
@@ -94,15 +90,35 @@ class FileBlobStore:
     # -- reading and deleting ----------------------------------------------------------------
 
     def read(self, ref: BlobRef) -> bytes:
-        with open(self.open_path(ref), "rb") as f:
-            return f.read()
+        """The file's content, with as few syscalls as possible when it has `ref.size` octets.
+
+        Returns more than `ref.size` octets (size + 1) if the file is longer, fewer if it is
+        shorter: the caller compares.
+        """
+        size = ref.size
+        fd = os.open(self.local_path(ref), _O_READ)
+        try:
+            data = os.read(fd, size + 1)
+            if len(data) < size:  # end of file, or a short read: go on until one of the two
+                parts = [data]
+                got = len(data)
+                while got <= size and (more := os.read(fd, size + 1 - got)):
+                    parts.append(more)
+                    got += len(more)
+                data = b"".join(parts)
+        finally:
+            os.close(fd)
+        return data
+
+    def open(self, ref: BlobRef) -> BinaryIO:
+        return open(self.local_path(ref), "rb")  # noqa: SIM115 - the caller closes it
 
     def exists(self, ref: BlobRef) -> bool:
-        return os.path.exists(self.open_path(ref))
+        return os.path.exists(self.local_path(ref))
 
     def delete(self, ref: BlobRef) -> None:
         try:
-            os.unlink(self.open_path(ref))
+            os.unlink(self.local_path(ref))
         except FileNotFoundError:
             pass
 
@@ -207,6 +223,10 @@ class FileBlobStore:
         _fsync_dir(directory)
         return ref
 
+    def create(self) -> FileBlobWriter:
+        """A blob written in pieces: `write` as often as needed, then `commit` or `abort`."""
+        return FileBlobWriter(self)
+
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
             with self._pool_lock:
@@ -241,7 +261,7 @@ class FileBlobStore:
 
     def finish(self, staged: StagedBlobs) -> None:
         """Second half of `put_many`: fsync the directories (in parallel); durable after."""
-        self._sync_dirs(staged.dirs_to_sync)
+        self._sync_dirs(staged.pending)
 
     def stage_many(self, items: Sequence[bytes]) -> StagedBlobs:
         """First half of `put_many`: every file written, fsync'd and under its final name,
@@ -259,7 +279,7 @@ class FileBlobStore:
             if not os.path.exists(os.path.join(directory, ref.sha256)):
                 todo[ref.sha256] = data
         if not todo:
-            return StagedBlobs(refs, sorted(dirs))
+            return StagedBlobs(refs, tuple(sorted(dirs)))
         shas = list(todo)
         # 1. Write every file (page cache only), so that ...
         created: list[tuple[str, int]] = []
@@ -288,7 +308,7 @@ class FileBlobStore:
                     self._discard(rest)
                 raise
         # 4. (finish) One fsync per distinct directory makes the new names durable.
-        return StagedBlobs(refs, sorted(dirs))
+        return StagedBlobs(refs, tuple(sorted(dirs)))
 
     def _sync_dirs(self, dirs: Sequence[str]) -> None:
         for result in self._run(_fsync_dir, dirs):
@@ -300,3 +320,58 @@ class FileBlobStore:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+
+
+class FileBlobWriter:
+    """One blob being written to a temporary file, hashed as it goes (`BlobWriter`)."""
+
+    def __init__(self, store: FileBlobStore) -> None:
+        self._store = store
+        self._tmp = store._tmp_name()
+        self._fd: int | None = os.open(
+            self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise ValueError("the blob is already committed or aborted")
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except BaseException:
+            self.abort()
+            raise
+        self._hash.update(data)
+        self._size += len(data)
+
+    def commit(self) -> BlobRef:
+        if self._fd is None:
+            raise ValueError("the blob is already committed or aborted")
+        fd, self._fd = self._fd, None
+        ref = BlobRef(self._hash.hexdigest(), self._size)
+        store = self._store
+        directory = store._dir_of(ref.sha256)
+        final = os.path.join(directory, ref.sha256)
+        try:
+            try:
+                if not os.path.exists(final):
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if os.path.exists(final):  # dedup: same name, same content
+                os.unlink(self._tmp)
+            else:
+                store._install(self._tmp, final)
+        except BaseException:
+            FileBlobStore._discard(self._tmp)
+            raise
+        _fsync_dir(directory)
+        return ref
+
+    def abort(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            FileBlobStore._discard(self._tmp, fd)

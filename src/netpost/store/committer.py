@@ -1,8 +1,10 @@
 """Group commit: the durable delivery path between asyncio sessions and the stores.
 
-Sessions call `GroupCommitter.deliver`; a writer thread takes everything queued while the
-previous batch was being committed, writes the batch's blobs as `FileBlobStore.put_many` does
-(files fsync'd in parallel, each directory once), appends all the metadata in one SQLite
+`GroupCommitter` is the embedded backend's `DeliveryTarget` (begin / add mailbox / body /
+commit) and `Maintenance`; it works over any `MetadataBatches` + `StagingBlobStore` pair.
+A transaction's commit (or `deliver`) queues the message; a writer thread takes everything
+queued while the previous batch was being committed, writes the batch's blobs (`stage_many`:
+files fsync'd in parallel, each directory once), appends all the metadata in one SQLite
 transaction, and only then resolves each caller's future on its own event loop.  The blob
 half and the metadata half run as a two-stage pipeline (see `_run`).  A caller that
 gets UIDs back holds a durable message ("accepted means durable"); a caller that gets an
@@ -25,9 +27,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from netpost.store.blobs import FileBlobStore, StagedBlobs
-from netpost.store.interfaces import BlobRef, Delivery, MessageMeta, StoreError
-from netpost.store.sqlite import SQLiteStore
+from netpost.store.interfaces import (
+    BlobRef,
+    Delivery,
+    MessageMeta,
+    MetadataBatches,
+    StagedBlobs,
+    StagingBlobStore,
+    StoreError,
+)
 
 Resolver = Callable[[list[int] | None, BaseException | None], None]
 
@@ -38,6 +46,7 @@ class _Job:
     meta: MessageMeta
     mailbox_ids: Sequence[int]
     resolve: Resolver
+    flags: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -91,8 +100,8 @@ class GroupCommitter:
 
     def __init__(
         self,
-        store: SQLiteStore,
-        blobs: FileBlobStore,
+        store: MetadataBatches,
+        blobs: StagingBlobStore,
         *,
         max_batch: int = 1000,
         pipeline: bool = True,
@@ -124,13 +133,18 @@ class GroupCommitter:
             self._queue.append(item)
             self._cond.notify()
 
+    def begin(self) -> CommitTransaction:
+        """A delivery transaction (the `DeliveryTarget` role)."""
+        return CommitTransaction(self)
+
     async def deliver(
-        self, data: bytes, meta: MessageMeta, mailbox_ids: Sequence[int]
+        self, data: bytes, meta: MessageMeta, mailbox_ids: Sequence[int],
+        flags: frozenset[str] = frozenset(),
     ) -> list[int]:
         """Store `data` in each mailbox; return the UIDs once blob and metadata are durable."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[int]] = loop.create_future()
-        self._enqueue(_Job(data, meta, tuple(mailbox_ids), _resolve_async(loop, fut)))
+        self._enqueue(_Job(data, meta, tuple(mailbox_ids), _resolve_async(loop, fut), flags))
         return await fut
 
     def deliver_sync(self, data: bytes, meta: MessageMeta, mailbox_ids: Sequence[int]) -> list[int]:
@@ -237,7 +251,7 @@ class GroupCommitter:
                 raise StoreError("blob staging failed")
             self.blobs.finish(staged)
             deliveries = [
-                Delivery(ref, job.meta, job.mailbox_ids)
+                Delivery(ref, job.meta, job.mailbox_ids, job.flags)
                 for ref, job in zip(staged.refs, jobs, strict=True)
             ]
             uids = self.store.deliver(deliveries)
@@ -300,3 +314,34 @@ class GroupCommitter:
         if batch:
             removed += flush()
         return removed
+
+
+class CommitTransaction:
+    """One message's way through the group committer (`DeliveryTransaction`): nothing is
+    written before `commit`, so `abort` only forgets."""
+
+    def __init__(self, committer: GroupCommitter) -> None:
+        self._committer = committer
+        self._mailbox_ids: list[int] = []
+        self._body: tuple[bytes, MessageMeta, frozenset[str]] | None = None
+        self._done = False
+
+    def add_mailbox(self, mailbox_id: int) -> None:
+        if mailbox_id not in self._mailbox_ids:  # one copy per mailbox
+            self._mailbox_ids.append(mailbox_id)
+
+    def body(self, data: bytes, meta: MessageMeta, flags: frozenset[str] = frozenset()) -> None:
+        self._body = (data, meta, flags)
+
+    async def commit(self) -> list[int]:
+        if self._done:
+            raise StoreError("this delivery is already committed or aborted")
+        if self._body is None:
+            raise StoreError("a delivery needs a body before it is committed")
+        self._done = True
+        data, meta, flags = self._body
+        return await self._committer.deliver(data, meta, self._mailbox_ids, flags)
+
+    def abort(self) -> None:
+        self._done = True
+        self._body = None

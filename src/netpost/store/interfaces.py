@@ -1,14 +1,28 @@
-"""Store interfaces: what the services need from storage, nothing about protocols.
+"""Store roles: small interfaces that services depend on, nothing about protocols.
 
-The embedded backend (SQLite + files) lives in `netpost.store.sqlite` and
-`netpost.store.blobs`; a PostgreSQL backend implements the same protocols later.
+Each role is a `typing.Protocol` with one job (after Maddy's one-role modules): callers take
+the roles they use and never import a backend.  The embedded backend (SQLite + files + an
+in-process change feed, `netpost.store.embedded`) implements all of them; a PostgreSQL + shared
+blob backend will be the second implementation of the same roles.
+
+Roles for services:
+  Domains, Accounts, Aliases     who exists (the CLI, logins, recipient lookups)
+  MailboxCatalogue               an account's mailboxes: list, create, rename, delete, subscribe
+  Messages                       a mailbox's messages: read, flags, copy, move, expunge
+  DeliveryTarget                 append: begin / add mailbox / body / commit or abort
+  BlobStore                      message content: create (streaming) / read / open / delete
+  ChangeFeed                     publish / subscribe in process, with a cursor into ChangeLog
+  Maintenance                    collect what nothing references any more
+
+Roles between parts of a backend (the group committer is shared by backends that keep
+blobs as files): MetadataBatches, StagingBlobStore, ChangeLog.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import BinaryIO, Literal, Protocol
 
 # RFC 6154 special-use mailboxes every account gets (plus INBOX).
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -20,12 +34,18 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
     ("Archive", "\\Archive"),
 )
 
+# Mailbox names form a hierarchy with this separator (IMAP's LIST shows it, RFC 9051 5.1).
+HIERARCHY_SEPARATOR = "/"
+
 
 class StoreError(Exception):
     """A store operation failed because of the caller's input (duplicate, unknown name...).
 
     The message is one line that says what is wrong, fit to show to a user.
     """
+
+
+# --- records -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -44,11 +64,12 @@ class Mailbox:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
+    subscribed: bool = True
 
 
 @dataclass(frozen=True)
 class BlobRef:
-    """A content-addressed message file: sha256 hex digest and size in octets."""
+    """Content-addressed message content: sha256 hex digest and size in octets."""
 
     sha256: str
     size: int
@@ -76,6 +97,10 @@ class MessageRow:
     has_dot_lines: bool
 
 
+# A POP3 maildrop entry, lean: (uid, size, blob sha256, has_dot_lines), in UID order.
+MaildropRow = tuple[int, int, str, int]
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One message for one or more mailboxes, committed atomically."""
@@ -83,53 +108,238 @@ class Delivery:
     blob: BlobRef
     meta: MessageMeta
     mailbox_ids: Sequence[int]
+    flags: frozenset[str] = frozenset()  # given to every copy (IMAP APPEND's flag list)
 
 
-class BlobStore(Protocol):
-    def put(self, data: bytes) -> BlobRef:
-        """Write durably (temp file, fsync, rename, directory fsync) and return the ref.
-
-        Storing bytes that are already present is cheap and returns the same ref.
-        """
-
-    def open_path(self, ref: BlobRef) -> str:
-        """The file path of a blob, for streaming reads."""
-
-    def read(self, ref: BlobRef) -> bytes: ...
-
-    def delete(self, ref: BlobRef) -> None: ...
+ChangeKind = Literal["append", "expunge", "flags"]
 
 
-class AccountStore(Protocol):
+@dataclass(frozen=True)
+class Change:
+    """One entry of an account's change feed (IMAP IDLE, CONDSTORE/QRESYNC, POP3, web UI)."""
+
+    id: int  # feed position: increasing in commit order over the whole store
+    account_id: int
+    mailbox_id: int
+    uid: int
+    modseq: int
+    kind: ChangeKind
+
+
+FlagMode = Literal["add", "remove", "replace"]  # IMAP STORE +FLAGS / -FLAGS / FLAGS
+
+
+@dataclass(frozen=True)
+class FlagUpdate:
+    """What `Messages.set_flags` did."""
+
+    changed: list[tuple[int, frozenset[str], int]]  # (uid, flags now, modseq) per changed message
+    failed: list[int]  # UIDs whose MODSEQ was above UNCHANGEDSINCE (RFC 7162 3.1.3)
+
+
+# --- roles for services --------------------------------------------------------------------------
+
+
+class Domains(Protocol):
     def add_domain(self, name: str) -> None: ...
-    def remove_domain(self, name: str) -> None: ...
+    def remove_domain(self, name: str) -> None:
+        """Refused (StoreError) while the domain still has accounts or aliases."""
     def list_domains(self) -> list[str]: ...
     def has_domain(self, name: str) -> bool: ...
 
+
+class Accounts(Protocol):
     def add_account(self, address: str, password_hash: str) -> Account:
         """Create the account and its default mailboxes (DEFAULT_MAILBOXES)."""
-
-    def remove_account(self, address: str) -> None: ...
+    def remove_account(self, address: str) -> None:
+        """Remove the account with its mailboxes and messages."""
     def list_accounts(self) -> list[Account]: ...
     def get_account(self, address: str) -> Account | None: ...
     def set_password_hash(self, address: str, password_hash: str) -> None: ...
 
+
+class Aliases(Protocol):
     def add_alias(self, source: str, target: str) -> None: ...
     def remove_alias(self, source: str, target: str) -> None: ...
     def list_aliases(self) -> list[tuple[str, str]]: ...
-    def alias_targets(self, source: str, *, catch_all: bool = True) -> list[str]: ...
+    def alias_targets(self, source: str, *, catch_all: bool = True) -> list[str]:
+        """Targets of the exact address, else (unless catch_all is False) of its domain's
+        catch-all; [] when neither."""
 
 
-class MailStore(Protocol):
+class MailboxCatalogue(Protocol):
     def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
-    def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
+    def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
+    def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        """Every mailbox of the account, oldest first."""
+    def create_mailbox(self, account_id: int, name: str,
+                       special_use: str | None = None) -> Mailbox:
+        """A new, empty mailbox with a UIDVALIDITY never used before in this store."""
+    def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        """Rename `old` and its inferiors (`old/...` become `new/...`); UIDs are kept."""
+    def delete_mailbox(self, account_id: int, name: str) -> None:
+        """Remove the mailbox and its messages (INBOX cannot be deleted)."""
+    def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+
+
+class Messages(Protocol):
+    def messages(self, mailbox_id: int) -> list[MessageRow]:
+        """All messages of a mailbox in UID order."""
+    def message(self, mailbox_id: int, uid: int) -> MessageRow | None: ...
+    def maildrop(self, mailbox_id: int) -> list[MaildropRow]:
+        """The lean form of `messages` for a POP3 login."""
+    def headers(self, mailbox_id: int, uid: int) -> dict[str, str] | None:
+        """The header fields parsed at delivery (keys lower-case), or None."""
+    def set_flags(self, mailbox_id: int, uids: Sequence[int], flags: frozenset[str],
+                  mode: FlagMode, *, unchanged_since: int | None = None) -> FlagUpdate:
+        """Add, remove or replace flags; messages whose flags change get one new MODSEQ."""
+    def copy(self, source_id: int, uids: Sequence[int], target_id: int) -> list[tuple[int, int]]:
+        """Copy with flags and internal date; (source UID, new UID) pairs, in UID order."""
+    def move(self, source_id: int, uids: Sequence[int], target_id: int) -> list[tuple[int, int]]:
+        """Copy, then expunge from the source, in one transaction (RFC 6851)."""
+    def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        """Remove these messages (those still present); return the UIDs removed."""
+
+
+class DeliveryTransaction(Protocol):
+    """One message on its way into mailboxes: nothing is visible until `commit` returns."""
+
+    def add_mailbox(self, mailbox_id: int) -> None: ...
+    def body(self, data: bytes, meta: MessageMeta, flags: frozenset[str] = frozenset()) -> None:
+        """The content (CRLF line ends) and what was parsed of it."""
+    async def commit(self) -> list[int]:
+        """Make the message durable in every mailbox; the UIDs given, in add_mailbox order."""
+    def abort(self) -> None: ...
+
+
+class DeliveryTarget(Protocol):
+    def begin(self) -> DeliveryTransaction: ...
+
+
+class BlobWriter(Protocol):
+    """A blob being written in pieces; nothing exists under its name before `commit`."""
+
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> BlobRef:
+        """Durable (and deduplicated) when it returns."""
+    def abort(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    def create(self) -> BlobWriter: ...
+    def put(self, data: bytes) -> BlobRef:
+        """Store `data` durably; storing bytes already present is cheap, same ref."""
+    def read(self, ref: BlobRef) -> bytes:
+        """The whole content (for small blobs; more than ref.size octets if it has more)."""
+    def open(self, ref: BlobRef) -> BinaryIO:
+        """A file object for streaming reads (IMAP partial FETCH, large RETR)."""
+    def local_path(self, ref: BlobRef) -> str | None:
+        """A path for sendfile, or None when the blob is not on a local filesystem."""
+    def delete(self, ref: BlobRef) -> None: ...
+
+
+class ChangeLog(Protocol):
+    """The durable change table a feed catches up from."""
+
+    def changes_since(self, account_id: int, after: int = 0, limit: int = 1000) -> list[Change]:
+        """Entries of an account with position > `after`, oldest first."""
+    def last_change(self, account_id: int) -> int:
+        """The position of the account's newest entry (0 when none)."""
+
+
+class Subscription(Protocol):
+    """One subscriber's view of an account's feed, in order, from its cursor on."""
+
+    account_id: int
+    cursor: int  # the position of the last change handed out
+
+    def poll(self) -> list[Change]:
+        """Changes after the cursor that are known now (never waits); advances the cursor."""
+    async def wait(self, timeout: float | None = None) -> list[Change]:
+        """Like `poll`, but waits until there is at least one change ([] on timeout)."""
+    def close(self) -> None: ...
+
+
+class ChangeFeed(Protocol):
+    def publish(self, changes: Sequence[Change]) -> None:
+        """Hand committed changes to their account's subscribers (callable from any thread,
+        in commit order)."""
+    def subscribe(self, account_id: int, *, after: int | None = None) -> Subscription:
+        """Changes committed after now, or after position `after` (caught up from the log)."""
+
+
+class Maintenance(Protocol):
+    async def collect_garbage(self, orphans_older_than: float | None = None) -> int:
+        """Remove content nothing references; with `orphans_older_than` (seconds) also content
+        a crash left before its message was committed.  Returns how many blobs went."""
+
+
+# --- roles between parts of a backend ------------------------------------------------------------
+
+
+class MetadataBatches(Protocol):
+    """What the group committer needs from a metadata store."""
 
     def deliver(self, deliveries: Sequence[Delivery]) -> list[list[int]]:
         """Append every delivery in ONE transaction (group commit); return the UIDs given,
         per delivery, in the order of its mailbox_ids. Durable when it returns."""
+    def unreferenced_blobs(self) -> list[BlobRef]: ...
+    def known_blobs(self, shas: Sequence[str]) -> set[str]:
+        """Which of these blobs have a row (referenced now, or awaiting collection)."""
+    def forget_blob(self, sha256: str) -> bool:
+        """Drop the blob's row if it is still unreferenced; True when dropped."""
 
-    def messages(self, mailbox_id: int) -> list[MessageRow]:
-        """All messages of a mailbox in UID order."""
 
-    def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
-        """Remove these messages (those still present); return the UIDs removed."""
+@dataclass(frozen=True)
+class StagedBlobs:
+    """A batch written by `StagingBlobStore.stage_many`, durable once `finish`ed."""
+
+    refs: list[BlobRef]
+    pending: Sequence[str] = ()  # what `finish` still has to make durable (backend's own)
+
+
+class StagingBlobStore(BlobStore, Protocol):
+    """A blob store that writes a batch in two steps, so a pipeline can overlap them."""
+
+    def stage_many(self, items: Sequence[bytes]) -> StagedBlobs:
+        """Every item written and fsync'd under its final name; not durable until finish."""
+    def finish(self, staged: StagedBlobs) -> None: ...
+    def stored(self) -> Iterator[tuple[str, float]]:
+        """(sha256, modification time) of every stored blob."""
+
+
+# --- what a backend hands the rest of the program ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminStores:
+    """The roles the command line's admin commands use (no delivery machinery started)."""
+
+    domains: Domains
+    accounts: Accounts
+    aliases: Aliases
+    mailboxes: MailboxCatalogue
+    closer: Callable[[], None]
+
+    def close(self) -> None:
+        self.closer()
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Every role, as a running server needs them."""
+
+    domains: Domains
+    accounts: Accounts
+    aliases: Aliases
+    mailboxes: MailboxCatalogue
+    messages: Messages
+    delivery: DeliveryTarget
+    blobs: BlobStore
+    changes: ChangeFeed
+    log: ChangeLog
+    maintenance: Maintenance
+    closer: Callable[[], None]  # commits what is queued, then closes; blocking
+
+    def close(self) -> None:
+        self.closer()

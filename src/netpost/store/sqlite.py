@@ -1,4 +1,7 @@
-"""The embedded metadata store: accounts, aliases, mailboxes, messages on SQLite.
+"""The embedded metadata store: domains, accounts, aliases, mailboxes, messages on SQLite.
+
+It implements the roles Domains, Accounts, Aliases, MailboxCatalogue, Messages, ChangeLog
+and MetadataBatches (`netpost.store.interfaces`); callers see only those roles.
 
 WAL mode with ``synchronous=FULL``: a committed transaction is on disk.  One connection per
 thread; every write is one ``BEGIN IMMEDIATE`` transaction so writers queue on the lock (with
@@ -9,6 +12,10 @@ Message header fields are parsed once at delivery and kept as JSON beside the me
 reference counts live in ``blobs``; rows that reach zero are what garbage collection removes
 (see `GroupCommitter.collect_garbage`, which runs it on the delivery thread so it cannot race
 a delivery that reuses the same content).
+
+Every write that changes messages also appends to ``changes`` (the account's change feed) and,
+once committed, hands those entries to the publisher (`set_publisher`): commit and publish
+happen under one lock, so subscribers see changes in commit order.
 """
 
 from __future__ import annotations
@@ -18,23 +25,28 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from netpost.mail import address as names
 from netpost.store.interfaces import (
     DEFAULT_MAILBOXES,
+    HIERARCHY_SEPARATOR,
     Account,
     BlobRef,
+    Change,
+    ChangeKind,
     Delivery,
+    FlagMode,
+    FlagUpdate,
     Mailbox,
+    MaildropRow,
     MessageRow,
     StoreError,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (
@@ -103,39 +115,66 @@ CREATE INDEX changes_account ON changes(account_id, id);
 CREATE INDEX changes_mailbox ON changes(mailbox_id);
 """
 
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}  # version -> script bringing version-1 to it
+# v2: change-feed positions are never reused, even after the newest entries go with their
+# mailbox (AUTOINCREMENT): a subscriber's cursor stays meaningful.
+_SCHEMA_V2 = """
+CREATE TABLE changes_v2 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- position in the feed, never reused
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    modseq INTEGER NOT NULL,
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('append', 'expunge', 'flags'))
+);
+INSERT INTO changes_v2 (id, account_id, modseq, mailbox_id, uid, kind)
+    SELECT id, account_id, modseq, mailbox_id, uid, kind FROM changes;
+DROP TABLE changes;
+ALTER TABLE changes_v2 RENAME TO changes;
+CREATE INDEX changes_account ON changes(account_id, id);
+CREATE INDEX changes_mailbox ON changes(mailbox_id);
+"""
+
+# version -> the script that brings version - 1 to it
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 _MESSAGE_COLUMNS = "m.mailbox_id, m.uid, m.sha256, b.size, m.size, m.internaldate, m.modseq, \
 m.flags, m.has_dot_lines"
 
 
-@dataclass(frozen=True)
-class Change:
-    """One entry of an account's change feed (IMAP IDLE, CONDSTORE/QRESYNC, POP3, web UI)."""
-
-    id: int  # feed position, increasing per store
-    account_id: int
-    mailbox_id: int
-    uid: int
-    modseq: int
-    kind: str  # 'append' | 'expunge' | 'flags'
-
-
-def normalize_domain(name: str) -> str:
-    """Lower-case and validate a domain name (rules: netpost.mail.address); raise StoreError
-    when malformed."""
+def _checked_domain(name: str) -> str:
+    """The canonical form of domain `name` (rules: netpost.mail.address), or StoreError."""
     try:
         return names.parse_domain(name)
     except names.InvalidDomain:
         raise StoreError(f"invalid domain name {name!r}") from None
 
 
-def normalize_address(address: str) -> tuple[str, str]:
-    """Lower-case and validate local@domain; return (address, domain)."""
+def _checked_address(address: str) -> tuple[str, str]:
+    """(canonical address, domain) of local@domain, or StoreError."""
     try:
         return names.parse_address(address)
     except names.InvalidAddress as exc:
         raise StoreError(f"invalid address {address!r}: {exc.reason}") from None
+
+
+MAX_MAILBOX_NAME = 1000  # characters; RFC 9051 sets no limit, every server has one
+
+
+def _checked_mailbox_name(name: str) -> str:
+    """A mailbox name as stored: non-empty hierarchy levels, no control characters; INBOX in
+    any case is INBOX (RFC 9051 5.1)."""
+    sep = HIERARCHY_SEPARATOR
+    if not name or len(name) > MAX_MAILBOX_NAME:
+        raise StoreError("a mailbox name must have 1 to 1000 characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise StoreError("a mailbox name may not contain control characters")
+    if any(not level for level in name.split(sep)):
+        raise StoreError(f"a mailbox name may not begin or end with {sep!r} or contain "
+                         f"{sep + sep!r}")
+    head, sep_found, tail = name.partition(sep)
+    if head.upper() == "INBOX":
+        return "INBOX" + sep_found + tail
+    return name
 
 
 def _unknown_domain(domain: str) -> StoreError:
@@ -156,7 +195,13 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
+        self._publish: Callable[[Sequence[Change]], None] | None = None
+        self._publish_lock = threading.Lock()
         self._migrate()
+
+    def set_publisher(self, publish: Callable[[Sequence[Change]], None] | None) -> None:
+        """Call `publish` with the change-feed entries of every write, once committed."""
+        self._publish = publish
 
     # -- connections and transactions -------------------------------------------------------
 
@@ -182,13 +227,21 @@ class SQLiteStore:
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; the write lock is taken up front (BEGIN IMMEDIATE)."""
+    def _write(self, changes: list[Change] | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction; the write lock is taken up front (BEGIN IMMEDIATE).  The
+        entries the body appends to `changes` are published once it is committed."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
-            conn.execute("COMMIT")
+            if changes and self._publish is not None:
+                # Writers are serialised by SQLite's lock until COMMIT; holding this one from
+                # COMMIT to the end of publish keeps the publish order the commit order.
+                with self._publish_lock:
+                    conn.execute("COMMIT")
+                    self._publish(changes)
+            else:
+                conn.execute("COMMIT")
         except BaseException:
             # After a failed COMMIT SQLite may already have rolled back (SQLITE_FULL, IOERR):
             # never leave this thread's connection inside a transaction, never mask the error.
@@ -222,7 +275,7 @@ class SQLiteStore:
     # -- domains -----------------------------------------------------------------------------
 
     def add_domain(self, name: str) -> None:
-        d = normalize_domain(name)
+        d = _checked_domain(name)
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM domains WHERE name = ?", (d,)).fetchone():
                 raise StoreError(f"domain {d} already exists")
@@ -272,7 +325,7 @@ class SQLiteStore:
     # -- accounts ----------------------------------------------------------------------------
 
     def add_account(self, address: str, password_hash: str) -> Account:
-        a, domain = normalize_address(address)
+        a, domain = _checked_address(address)
         with self._write() as conn:
             if not conn.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
                 raise _unknown_domain(domain)
@@ -342,7 +395,7 @@ class SQLiteStore:
             raise StoreError(f"invalid domain name {exc.text!r}") from None
         except names.InvalidAddress as exc:
             raise StoreError(f"invalid address {source!r}: {exc.reason}") from None
-        t, _ = normalize_address(target)
+        t, _ = _checked_address(target)
         if s == t:
             raise StoreError(f"alias {s} cannot point to itself")
         with self._write() as conn:
@@ -405,20 +458,85 @@ class SQLiteStore:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
+    @staticmethod
+    def _mailbox_exists(conn: sqlite3.Connection, account_id: int, name: str) -> bool:
+        return conn.execute(
+            "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, name)
+        ).fetchone() is not None
+
     def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
+        name = _checked_mailbox_name(name)
         with self._write() as conn:
             if not conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone():
                 raise StoreError(f"no account with id {account_id}")
-            if conn.execute(
-                "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, name)
-            ).fetchone():
+            if self._mailbox_exists(conn, account_id, name):
                 raise StoreError(f"mailbox {name} already exists")
             self._create_mailbox(conn, account_id, name, special_use)
         mailbox = self.get_mailbox(account_id, name)
         assert mailbox is not None
         return mailbox
 
-    _MAILBOX_COLUMNS = "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq"
+    def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        old, new = _checked_mailbox_name(old), _checked_mailbox_name(new)
+        sep = HIERARCHY_SEPARATOR
+        if old == "INBOX":
+            # RFC 9051 6.3.6 gives renaming INBOX its own meaning (move its messages): that is
+            # the IMAP service's to do with create + move; the store never loses INBOX.
+            raise StoreError("INBOX cannot be renamed")
+        if new == old or new.startswith(old + sep):
+            raise StoreError(f"cannot rename {old} to itself or below itself")
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT id, name FROM mailboxes WHERE account_id = ? AND (name = ? OR "
+                "substr(name, 1, ?) = ?)",
+                (account_id, old, len(old) + 1, old + sep),
+            ).fetchall()
+            if not any(name == old for _, name in rows):
+                raise StoreError(f"no mailbox {old}")
+            renames = [(mailbox_id, new + name[len(old):]) for mailbox_id, name in rows]
+            for _, target in renames:
+                if self._mailbox_exists(conn, account_id, target):
+                    raise StoreError(f"mailbox {target} already exists")
+            for mailbox_id, target in renames:
+                conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (target, mailbox_id))
+
+    def delete_mailbox(self, account_id: int, name: str) -> None:
+        name = _checked_mailbox_name(name)
+        if name == "INBOX":
+            raise StoreError("INBOX cannot be deleted")  # RFC 9051 6.3.4
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, name)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"no mailbox {name}")
+            conn.execute(
+                """UPDATE blobs SET refcount = refcount - d.n
+                   FROM (SELECT sha256, count(*) AS n FROM messages WHERE mailbox_id = ?
+                         GROUP BY sha256) AS d
+                   WHERE blobs.sha256 = d.sha256""",
+                (row[0],),
+            )
+            conn.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))  # cascades
+
+    def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        name = _checked_mailbox_name(name)
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?",
+                (int(subscribed), account_id, name),
+            )
+            if cur.rowcount == 0:
+                raise StoreError(f"no mailbox {name}")
+
+    _MAILBOX_COLUMNS = ("id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, "
+                        "subscribed")
+
+    @staticmethod
+    def _mailbox(row: tuple[Any, ...]) -> Mailbox:
+        mailbox_id, account_id, name, special_use, uidvalidity, uidnext, modseq, sub = row
+        return Mailbox(mailbox_id, account_id, name, special_use, uidvalidity, uidnext, modseq,
+                       bool(sub))
 
     def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
         row = (
@@ -429,7 +547,7 @@ class SQLiteStore:
             )
             .fetchone()
         )
-        return Mailbox(*row) if row else None
+        return self._mailbox(row) if row else None
 
     def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
         row = (
@@ -437,22 +555,45 @@ class SQLiteStore:
             .execute(f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE id = ?", (mailbox_id,))
             .fetchone()
         )
-        return Mailbox(*row) if row else None
+        return self._mailbox(row) if row else None
 
     def list_mailboxes(self, account_id: int) -> list[Mailbox]:
         rows = self._conn().execute(
             f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = ? ORDER BY id",
             (account_id,),
         )
-        return [Mailbox(*r) for r in rows]
+        return [self._mailbox(r) for r in rows]
 
     # -- messages ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _change(conn: sqlite3.Connection, account_id: int, modseq: int, mailbox_id: int,
+                uid: int, kind: ChangeKind) -> Change:
+        cur = conn.execute(
+            "INSERT INTO changes (account_id, modseq, mailbox_id, uid, kind) VALUES (?,?,?,?,?)",
+            (account_id, modseq, mailbox_id, uid, kind),
+        )
+        assert cur.lastrowid is not None
+        return Change(cur.lastrowid, account_id, mailbox_id, uid, modseq, kind)
+
+    @staticmethod
+    def _bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> tuple[int, int]:
+        """A new MODSEQ for the mailbox: (modseq, account id)."""
+        row = conn.execute(
+            "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
+            "RETURNING highestmodseq, account_id",
+            (mailbox_id,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no mailbox with id {mailbox_id}")
+        return row[0], row[1]
 
     def deliver(self, deliveries: Sequence[Delivery]) -> list[list[int]]:
         """Append every delivery in ONE transaction; return the UIDs per delivery, in the
         order of its mailbox_ids.  Durable when it returns (WAL, synchronous=FULL)."""
         result: list[list[int]] = []
-        with self._write() as conn:
+        changes: list[Change] = []
+        with self._write(changes) as conn:
             for d in deliveries:
                 if not d.mailbox_ids:
                     result.append([])
@@ -463,6 +604,7 @@ class SQLiteStore:
                     (d.blob.sha256, d.blob.size, len(d.mailbox_ids)),
                 )
                 headers = json.dumps(d.meta.headers, ensure_ascii=False, separators=(",", ":"))
+                flags = _flags_text(d.flags)
                 uids: list[int] = []
                 for mailbox_id in d.mailbox_ids:
                     row = conn.execute(
@@ -476,7 +618,7 @@ class SQLiteStore:
                     uid, modseq, account_id = row
                     conn.execute(
                         "INSERT INTO messages (mailbox_id, uid, sha256, size, internaldate, "
-                        "modseq, flags, has_dot_lines, headers) VALUES (?,?,?,?,?,?,'',?,?)",
+                        "modseq, flags, has_dot_lines, headers) VALUES (?,?,?,?,?,?,?,?,?)",
                         (
                             mailbox_id,
                             uid,
@@ -484,15 +626,13 @@ class SQLiteStore:
                             d.meta.size,
                             d.meta.internaldate,
                             modseq,
+                            flags,
                             int(d.meta.has_dot_lines),
                             headers,
                         ),
                     )
-                    conn.execute(
-                        "INSERT INTO changes (account_id, modseq, mailbox_id, uid, kind) "
-                        "VALUES (?, ?, ?, ?, 'append')",
-                        (account_id, modseq, mailbox_id, uid),
-                    )
+                    changes.append(
+                        self._change(conn, account_id, modseq, mailbox_id, uid, "append"))
                     uids.append(uid)
                 result.append(uids)
         return result
@@ -519,7 +659,7 @@ class SQLiteStore:
         )
         return [self._message_row(r) for r in rows]
 
-    def maildrop(self, mailbox_id: int) -> list[tuple[int, int, str, int]]:
+    def maildrop(self, mailbox_id: int) -> list[MaildropRow]:
         """(uid, size, blob sha256, has_dot_lines) of every message, in UID order.
 
         The lean form of `messages()` for a POP3 login: the rows come straight from SQLite
@@ -558,43 +698,122 @@ class SQLiteStore:
         value = json.loads(row[0])
         return value if isinstance(value, dict) else {}
 
+    @staticmethod
+    def _present(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int],
+                 columns: str = "uid") -> list[tuple[Any, ...]]:
+        """Rows of the messages with these UIDs that exist, in UID order."""
+        out: list[tuple[Any, ...]] = []
+        for uid in sorted(set(uids)):
+            row = conn.execute(
+                f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid = ?",
+                (mailbox_id, uid),
+            ).fetchone()
+            if row is not None:
+                out.append(row)
+        return out
+
+    def set_flags(self, mailbox_id: int, uids: Sequence[int], flags: frozenset[str],
+                  mode: FlagMode, *, unchanged_since: int | None = None) -> FlagUpdate:
+        """Add, remove or replace `flags` on these messages.  Those whose flags change get
+        one new MODSEQ (RFC 7162 3.1.3: one per STORE is allowed); with `unchanged_since`,
+        messages with a higher MODSEQ are left alone and reported as failed."""
+        changed: list[tuple[int, frozenset[str], int]] = []
+        failed: list[int] = []
+        changes: list[Change] = []
+        with self._write(changes) as conn:
+            updates: list[tuple[int, frozenset[str]]] = []
+            for uid, text, modseq in self._present(conn, mailbox_id, uids, "uid, flags, modseq"):
+                if unchanged_since is not None and modseq > unchanged_since:
+                    failed.append(uid)
+                    continue
+                old = frozenset(text.split())
+                if mode == "add":
+                    new = old | flags
+                elif mode == "remove":
+                    new = old - flags
+                else:
+                    new = flags
+                if new != old:
+                    updates.append((uid, new))
+            if not updates:
+                return FlagUpdate(changed, failed)
+            modseq, account_id = self._bump_modseq(conn, mailbox_id)
+            for uid, new in updates:
+                conn.execute(
+                    "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                    (_flags_text(new), modseq, mailbox_id, uid),
+                )
+                changes.append(self._change(conn, account_id, modseq, mailbox_id, uid, "flags"))
+                changed.append((uid, new, modseq))
+        return FlagUpdate(changed, failed)
+
+    def _copy(self, conn: sqlite3.Connection, changes: list[Change], source_id: int,
+              uids: Sequence[int], target_id: int) -> list[tuple[int, int]]:
+        rows = self._present(conn, source_id, uids,
+                             "uid, sha256, size, internaldate, flags, has_dot_lines, headers")
+        if not rows:
+            return []
+        if conn.execute("SELECT 1 FROM mailboxes WHERE id = ?", (target_id,)).fetchone() is None:
+            raise StoreError(f"no mailbox with id {target_id}")
+        pairs: list[tuple[int, int]] = []
+        for uid, sha, size, internaldate, flags, dots, headers in rows:
+            new_uid, modseq, account_id = conn.execute(
+                "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 "
+                "WHERE id = ? RETURNING uidnext - 1, highestmodseq, account_id",
+                (target_id,),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO messages (mailbox_id, uid, sha256, size, internaldate, modseq, "
+                "flags, has_dot_lines, headers) VALUES (?,?,?,?,?,?,?,?,?)",
+                (target_id, new_uid, sha, size, internaldate, modseq, flags, dots, headers),
+            )
+            conn.execute("UPDATE blobs SET refcount = refcount + 1 WHERE sha256 = ?", (sha,))
+            changes.append(self._change(conn, account_id, modseq, target_id, new_uid, "append"))
+            pairs.append((uid, new_uid))
+        return pairs
+
+    def copy(self, source_id: int, uids: Sequence[int], target_id: int) -> list[tuple[int, int]]:
+        """Copy messages with their flags and internal date (RFC 9051 6.4.7)."""
+        changes: list[Change] = []
+        with self._write(changes) as conn:
+            return self._copy(conn, changes, source_id, uids, target_id)
+
+    def move(self, source_id: int, uids: Sequence[int], target_id: int) -> list[tuple[int, int]]:
+        """Copy, then expunge from the source, in one transaction (RFC 6851 3.3)."""
+        if source_id == target_id:
+            raise StoreError("cannot move messages to the mailbox they are in")
+        changes: list[Change] = []
+        with self._write(changes) as conn:
+            pairs = self._copy(conn, changes, source_id, uids, target_id)
+            self._expunge(conn, changes, source_id, [uid for uid, _ in pairs])
+        return pairs
+
+    def _expunge(self, conn: sqlite3.Connection, changes: list[Change], mailbox_id: int,
+                 uids: Sequence[int]) -> list[int]:
+        present = self._present(conn, mailbox_id, uids, "uid, sha256")
+        if not present:
+            return []
+        modseq, account_id = self._bump_modseq(conn, mailbox_id)
+        conn.executemany(
+            "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?",
+            [(mailbox_id, uid) for uid, _ in present],
+        )
+        conn.executemany(
+            "UPDATE blobs SET refcount = refcount - 1 WHERE sha256 = ?",
+            [(sha,) for _, sha in present],
+        )
+        for uid, _ in present:
+            changes.append(self._change(conn, account_id, modseq, mailbox_id, uid, "expunge"))
+        return [uid for uid, _ in present]
+
     def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         """Remove these messages (those still present) under one new MODSEQ; return the UIDs
         removed, ascending."""
-        wanted = sorted(set(uids))
-        with self._write() as conn:
-            present: list[tuple[int, str]] = []
-            for uid in wanted:
-                row = conn.execute(
-                    "SELECT sha256 FROM messages WHERE mailbox_id = ? AND uid = ?",
-                    (mailbox_id, uid),
-                ).fetchone()
-                if row is not None:
-                    present.append((uid, row[0]))
-            if not present:
-                return []
-            row = conn.execute(
-                "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
-                "RETURNING highestmodseq, account_id",
-                (mailbox_id,),
-            ).fetchone()
-            modseq, account_id = row
-            conn.executemany(
-                "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?",
-                [(mailbox_id, uid) for uid, _ in present],
-            )
-            conn.executemany(
-                "UPDATE blobs SET refcount = refcount - 1 WHERE sha256 = ?",
-                [(sha,) for _, sha in present],
-            )
-            conn.executemany(
-                "INSERT INTO changes (account_id, modseq, mailbox_id, uid, kind) "
-                "VALUES (?, ?, ?, ?, 'expunge')",
-                [(account_id, modseq, mailbox_id, uid) for uid, _ in present],
-            )
-        return [uid for uid, _ in present]
+        changes: list[Change] = []
+        with self._write(changes) as conn:
+            return self._expunge(conn, changes, mailbox_id, uids)
 
-    # -- change feed -------------------------------------------------------------------------
+    # -- change log --------------------------------------------------------------------------
 
     def changes_since(self, account_id: int, after: int = 0, limit: int = 1000) -> list[Change]:
         """Feed entries of an account with position > `after`, oldest first."""
@@ -604,6 +823,11 @@ class SQLiteStore:
             (account_id, after, limit),
         )
         return [Change(*r) for r in rows]
+
+    def last_change(self, account_id: int) -> int:
+        row = self._conn().execute(
+            "SELECT max(id) FROM changes WHERE account_id = ?", (account_id,)).fetchone()
+        return int(row[0] or 0)
 
     # -- blob garbage collection -------------------------------------------------------------
 

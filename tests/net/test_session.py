@@ -1,4 +1,4 @@
-from netpost.net.listener import client_key
+from netpost.net.session import client_key
 
 
 def test_per_client_limit_counts_ipv6_by_64() -> None:

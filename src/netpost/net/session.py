@@ -1,8 +1,9 @@
-"""Listeners and the session base: TCP, TLS, connection limits, idle timeout, graceful stop.
+"""The stream session base: one connection driving one sans-I/O engine (docs/engines.md).
 
-A `Session` owns one connection and drives one sans-I/O engine (docs/engines.md). The
-protocol sessions (`smtp/server.py`, `pop3/server.py`) only say how to build the engine, how to
-answer its events and what to say when the server stops or the client idles.
+Protocol sessions (`smtp/server.py`, `pop3/server.py`) only say how to build the engine, how to
+answer its events and what to say when the server stops or the client idles; their constructors
+name the services they use.  The TCP listener that accepts connections and makes sessions is
+`net/stream.py`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from netpost.config import ListenAddress
-from netpost.net.trace import TraceLog
+
+if TYPE_CHECKING:
+    from netpost.net.stream import StreamListener
 
 log = logging.getLogger("netpost.net")
 
@@ -34,10 +37,12 @@ class Engine(Protocol):
     def tls_started(self) -> None: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class ListenerSpec:
+    """A listener as configured: its declaration's name and protocol, where it listens."""
+
     name: str  # "smtp", "submission", ...
-    protocol: str  # "smtp" | "submission" | "pop3"
+    protocol: str  # "smtp" | "submission" | "pop3" | ...
     address: ListenAddress
     implicit_tls: bool
     traced: bool
@@ -60,9 +65,8 @@ class Session(ABC):
 
     conn: Engine
 
-    def __init__(self, app: Any, listener: Listener, reader: asyncio.StreamReader,
+    def __init__(self, listener: StreamListener, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, peer: str) -> None:
-        self.app = app  # the services (netpost.server.App)
         self.listener = listener
         self.reader = reader
         self.writer = writer
@@ -78,6 +82,11 @@ class Session(ABC):
         self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
         self.task: asyncio.Task[None] | None = None
+        self._cleanups: list[Callable[[], None]] = []
+
+    def on_close(self, cleanup: Callable[[], None]) -> None:
+        """Call `cleanup` when the session ends (extra connections, subscriptions...)."""
+        self._cleanups.append(cleanup)
 
     # --- what protocol sessions provide -------------------------------------------------------
     @abstractmethod
@@ -122,6 +131,11 @@ class Session(ABC):
             log.exception("%s %s: session failed", self.listener.spec.name, self.peer)
         finally:
             self._idle_timer.cancel()
+            for cleanup in reversed(self._cleanups):
+                try:
+                    cleanup()
+                except Exception:
+                    log.exception("%s %s: cleanup failed", self.listener.spec.name, self.peer)
             if self.trace is not None:
                 self.trace("*", "closed")
             self.writer.close()
@@ -195,85 +209,5 @@ class Session(ABC):
             self.interrupt("shutdown")
 
 
-SessionFactory = Callable[["Listener", asyncio.StreamReader, asyncio.StreamWriter, str], Session]
-
-
-class Listener:
-    """A TCP listener with optional implicit TLS and per-address connection limits."""
-
-    def __init__(self, spec: ListenerSpec, factory: SessionFactory, *,
-                 ssl_context: ssl.SSLContext | None, idle_timeout: float,
-                 max_connections: int, max_per_ip: int, trace_log: TraceLog | None,
-                 refuse: Callable[[str], bytes]) -> None:
-        self.spec = spec
-        self.factory = factory
-        self.ssl_context = ssl_context
-        self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.max_per_ip = max_per_ip
-        self.trace_log = trace_log if spec.traced else None
-        self.refuse = refuse  # reason -> the protocol's own "go away" line
-        self.per_ip: dict[str, int] = {}
-        self.sessions: set[Session] = set()
-        self.stopping = False
-        self.server: asyncio.AbstractServer | None = None
-        self.bound: ListenAddress | None = None
-
-    async def start(self) -> None:
-        addr = self.spec.address
-        self.server = await asyncio.start_server(
-            self._accept, addr.host, addr.port, reuse_address=True, backlog=1024,
-            ssl=self.ssl_context if self.spec.implicit_tls else None,
-            ssl_handshake_timeout=30 if self.spec.implicit_tls else None,
-            limit=READ_SIZE,
-        )
-        sock = self.server.sockets[0].getsockname()
-        self.bound = ListenAddress(sock[0], sock[1])
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
-        peer = str(peername[0]) if peername else "unknown"
-        if self.stopping:
-            writer.close()
-            return
-        peer_key = client_key(peer)
-        count = self.per_ip.get(peer_key, 0)
-        if count >= self.max_per_ip or len(self.sessions) >= self.max_connections:
-            # RFC 5321 3.8 / RFC 2449 8: refuse with the protocol's temporary error.
-            why = "too many connections from your address" if count >= self.max_per_ip \
-                else "too many connections"
-            log.warning("%s: refusing %s: %s", self.spec.name, peer, why)
-            with contextlib.suppress(Exception):
-                writer.write(self.refuse(why))
-                await writer.drain()
-            writer.close()
-            return
-        self.per_ip[peer_key] = count + 1
-        session = self.factory(self, reader, writer, peer)
-        self.sessions.add(session)
-        try:
-            await session.run()
-        except asyncio.CancelledError:
-            pass  # this task is the connection's top level: cancelled means it is over
-        finally:
-            self.sessions.discard(session)
-            left = self.per_ip[peer_key] - 1
-            if left:
-                self.per_ip[peer_key] = left
-            else:
-                del self.per_ip[peer_key]
-
-    def stop_accepting(self) -> None:
-        self.stopping = True
-        if self.server is not None:
-            self.server.close()
-        for session in list(self.sessions):
-            session.stop_if_idle()
-
-    def kill_all(self) -> None:
-        """The grace period is over: every session says goodbye (421 / -ERR) and ends."""
-        for session in list(self.sessions):
-            if session.stop_reason is None:
-                session.interrupt("shutdown")
-            elif session.task is not None:
-                session.task.cancel()
+SessionFactory = Callable[
+    ["StreamListener", asyncio.StreamReader, asyncio.StreamWriter, str], Session]

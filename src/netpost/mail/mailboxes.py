@@ -1,0 +1,62 @@
+"""The mailbox service: what reading clients (POP3 now, IMAP next) do with an account's mail.
+
+It knows the mail model (INBOX, UIDs, flags) and nothing of wire formats; it reaches the
+store only through its roles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from netpost.store.interfaces import (
+    Account,
+    BlobRef,
+    BlobStore,
+    ChangeFeed,
+    FlagMode,
+    FlagUpdate,
+    Mailbox,
+    MailboxCatalogue,
+    MaildropRow,
+    Messages,
+    Subscription,
+)
+
+# Bodies up to this size are read on the event loop (page cache, microseconds); bigger ones
+# in a thread so that one large read does not stall other sessions.
+INLINE_READ = 1024 * 1024
+
+
+class Mailboxes:
+    def __init__(self, catalogue: MailboxCatalogue, messages: Messages, blobs: BlobStore,
+                 changes: ChangeFeed) -> None:
+        self.catalogue = catalogue
+        self.messages = messages
+        self.blobs = blobs
+        self.changes = changes
+
+    def inbox(self, account: Account) -> Mailbox | None:
+        return self.catalogue.get_mailbox(account.id, "INBOX")
+
+    def maildrop(self, mailbox: Mailbox) -> list[MaildropRow]:
+        """(uid, size, sha256, has_dot_lines) of every message, UID order (POP3's view)."""
+        return self.messages.maildrop(mailbox.id)
+
+    async def read(self, ref: BlobRef) -> bytes:
+        """A message's content (the caller checks the length against ref.size)."""
+        if ref.size <= INLINE_READ:
+            return self.blobs.read(ref)
+        return await asyncio.to_thread(self.blobs.read, ref)
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        return await asyncio.to_thread(self.messages.expunge, mailbox_id, uids)
+
+    async def set_flags(self, mailbox_id: int, uids: Sequence[int], flags: frozenset[str],
+                        mode: FlagMode, *, unchanged_since: int | None = None) -> FlagUpdate:
+        return await asyncio.to_thread(self.messages.set_flags, mailbox_id, uids, flags, mode,
+                                       unchanged_since=unchanged_since)
+
+    def watch(self, account: Account, *, after: int | None = None) -> Subscription:
+        """The account's changes from now on (or after feed position `after`)."""
+        return self.changes.subscribe(account.id, after=after)
