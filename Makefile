@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint unit interop bench clean
+.PHONY: serve test lint clean
 
 serve: $(VENV)/.installed
 	$(BIN)/netpost serve

@@ -91,6 +91,10 @@ class LimitSettings:
     max_connections_per_ip: int = setting(
         32, "concurrent sessions from one client address (IPv6: one /64)", positive=True)
     max_connections: int = setting(2048, "concurrent sessions per listener", positive=True)
+    datagram_rate: float = setting(100.0, "UDP datagrams per second from one address (IPv6: one "
+                                   "/64); more are dropped", positive=True)
+    datagram_burst: int = setting(200, "UDP datagrams one address may send at once",
+                                  positive=True)
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ class Service:
 def setting(default: T, doc: str, *, positive: bool = False) -> T:
     """A config field: its default, the comment `netpost init` writes beside it, and whether
     0 is refused (a limit of 0 would make the service unusable)."""
-    return field(default=default, metadata={"doc": doc, "positive": positive})  # type: ignore[no-any-return]
+    return field(default=default, metadata={"doc": doc, "positive": positive})
 
 
 def setting_doc(f: dataclasses.Field[Any]) -> str:

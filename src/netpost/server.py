@@ -42,8 +42,6 @@ log = logging.getLogger("netpost")
 GC_INTERVAL = 600.0  # seconds between collections of expunged message files
 ORPHAN_MIN_AGE = 3600.0  # a file with no row this old was left by a crash
 DEMO_PASSWORD_FILE = "demo-password"
-DATAGRAM_RATE = 100.0  # datagrams per second from one source, after a burst of
-DATAGRAM_BURST = 200
 
 
 class Listener(Protocol):
@@ -114,8 +112,9 @@ def build_listeners(registry: Registry, services: Services, config: Config,
             if decl.transport is Transport.UDP:
                 if isinstance(handler, StreamHandler):
                     raise TypeError(f"{decl.name}: a UDP listener needs a datagram handler")
-                listeners.append(DatagramListener(spec, handler, rate=DATAGRAM_RATE,
-                                                  burst=DATAGRAM_BURST, trace_log=trace_log))
+                listeners.append(DatagramListener(spec, handler, rate=limits.datagram_rate,
+                                                  burst=limits.datagram_burst,
+                                                  trace_log=trace_log))
                 continue
             if not isinstance(handler, StreamHandler):
                 raise TypeError(f"{decl.name}: a TCP listener needs a StreamHandler")
@@ -133,7 +132,8 @@ async def serve(data_dir: Path, config: Config, *,
                 announce: Callable[[str], None] | None = None,
                 registry: Registry | None = None,
                 stop: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or `stop` is set); returns the exit status."""
+    """Run until SIGTERM/SIGINT, or, when `stop` is given, until it is set (the caller then
+    owns the signals: tests run a server in a thread this way)."""
     registry = registry or default_registry()
     if announce is None:
         def announce(line: str) -> None:
@@ -188,9 +188,9 @@ async def serve(data_dir: Path, config: Config, *,
 
     pool = WorkerPool(workers)
     pool.start()
-    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
+    signals = (signal.SIGTERM, signal.SIGINT) if stop is None else ()
+    stop = stop or asyncio.Event()
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:

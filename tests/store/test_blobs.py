@@ -153,3 +153,24 @@ def test_stage_then_finish(tmp_path: Path) -> None:
     again = FileBlobStore(str(tmp_path))
     assert again.put_many([b"one"]) == staged.refs[:1]
     assert len(_files(tmp_path)) == 2
+
+
+def test_streaming_writer(tmp_path: Path) -> None:
+    store = FileBlobStore(str(tmp_path))
+    w = store.create()
+    for part in (b"a" * 100_000, b"b" * 5, b""):
+        w.write(part)
+    ref = w.commit()
+    assert ref.size == 100_005 and store.read(ref) == b"a" * 100_000 + b"b" * 5
+    with store.open(ref) as f:
+        assert f.read(3) == b"aaa"
+    # The same content again: deduplicated, one file.
+    again = store.create()
+    again.write(b"a" * 100_000 + b"b" * 5)
+    assert again.commit() == ref
+    # An aborted blob leaves nothing, not even a temporary file.
+    gone = store.create()
+    gone.write(b"never")
+    gone.abort()
+    assert os.listdir(tmp_path / "tmp") == []
+    assert sorted(sha for sha, _ in store.stored()) == [ref.sha256]

@@ -39,7 +39,7 @@ class FailureThrottle:
         if len(self._failures) >= self.max_tracked:
             del self._failures[next(iter(self._failures))]
         self._failures[address] = (count, now)
-        delay = min(self.maximum, self.base * (2 ** (count - 1)))
+        delay: float = min(self.maximum, self.base * 2.0 ** (count - 1))
         log.warning("%s login failed for %r from %s (failure %d, delaying %.1fs)",
                     protocol, who, address, count, delay)
         return delay
