@@ -32,7 +32,8 @@ def build_services(stores: Stores, config: Config) -> Services:
         auth=Authenticator(stores.accounts, throttle),
         delivery=LocalDelivery(stores.domains, stores.accounts, stores.aliases,
                                stores.mailboxes, stores.delivery, config.server.hostname),
-        mailboxes=Mailboxes(stores.mailboxes, stores.messages, stores.blobs, stores.changes),
+        mailboxes=Mailboxes(stores.mailboxes, stores.messages, stores.blobs, stores.changes,
+                            stores.delivery),
         changes=stores.changes,
         stores=stores,
     )

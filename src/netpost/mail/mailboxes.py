@@ -7,13 +7,16 @@ store only through its roles.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
+from netpost.mail.message import parse_meta, to_crlf
 from netpost.store.interfaces import (
     Account,
     BlobRef,
     BlobStore,
     ChangeFeed,
+    DeliveryTarget,
     FlagMode,
     FlagUpdate,
     Mailbox,
@@ -30,11 +33,29 @@ INLINE_READ = 1024 * 1024
 
 class Mailboxes:
     def __init__(self, catalogue: MailboxCatalogue, messages: Messages, blobs: BlobStore,
-                 changes: ChangeFeed) -> None:
+                 changes: ChangeFeed, target: DeliveryTarget) -> None:
         self.catalogue = catalogue
         self.messages = messages
         self.blobs = blobs
         self.changes = changes
+        self.target = target
+
+    async def append(self, mailbox: Mailbox, content: bytes, *,
+                     flags: frozenset[str] = frozenset(),
+                     internaldate: float | None = None) -> int:
+        """Store a message a client hands over (IMAP APPEND, an import) with its flags and
+        internal date; durable when it returns the new UID.  Line ends become CRLF."""
+        data = to_crlf(content)
+        tx = self.target.begin()
+        tx.add_mailbox(mailbox.id)
+        tx.body(data, parse_meta(data, time.time() if internaldate is None else internaldate),
+                flags)
+        try:
+            (uid,) = await tx.commit()
+        except BaseException:
+            tx.abort()
+            raise
+        return uid
 
     def inbox(self, account: Account) -> Mailbox | None:
         return self.catalogue.get_mailbox(account.id, "INBOX")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from netpost.net.stream import StreamListener
 from netpost.pop3.protocol import POP3Settings
 from netpost.pop3.server import POP3Session, refuse_line
 from netpost.registry import BuildContext, ListenerDecl, Service, StreamHandler, TLSMode, setting
@@ -30,7 +32,8 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> StreamHandler:
     hostname = cfg.server.hostname
     mailboxes, auth = ctx.services.mailboxes, ctx.services.auth
 
-    def factory(listener: Any, reader: Any, writer: Any, peer: str) -> POP3Session:
+    def factory(listener: StreamListener, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, peer: str) -> POP3Session:
         return POP3Session(listener, reader, writer, peer, settings=settings, hostname=hostname,
                            mailboxes=mailboxes, auth=auth)
 

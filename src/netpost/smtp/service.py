@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from netpost.net.stream import StreamListener
 from netpost.registry import BuildContext, ListenerDecl, Service, StreamHandler, TLSMode, setting
 from netpost.smtp.protocol import SMTPSettings
 from netpost.smtp.server import SMTPSession, refuse_line
@@ -39,7 +41,8 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> StreamHandler:
     )
     delivery, auth = ctx.services.delivery, ctx.services.auth
 
-    def factory(listener: Any, reader: Any, writer: Any, peer: str) -> SMTPSession:
+    def factory(listener: StreamListener, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, peer: str) -> SMTPSession:
         return SMTPSession(listener, reader, writer, peer, settings=settings,
                            delivery=delivery, auth=auth)
 
