@@ -16,7 +16,7 @@ from netpost import __version__
 from netpost.config import ConfigError, load, render_default, set_listen
 from netpost.mail import address as names
 from netpost.registry import default_registry
-from netpost.store.interfaces import AdminStores
+from netpost.store.interfaces import AdminStores, Stores
 
 CONFIG_NAME = "netpost.toml"
 
@@ -198,6 +198,87 @@ def cmd_alias(args: argparse.Namespace) -> int:
         return 0
 
 
+class ProgressBar:
+    """`label [#####.....]  50%  2500/5000` on a terminal (redrawn in place); on anything else
+    a plain line at every tenth, so logs stay readable."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        if self.tty:
+            if percent != self.last or done == total:
+                filled = percent * 30 // 100
+                sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
+                                 f"{percent:3d}%  {done}/{total}")
+                if done >= total:
+                    sys.stderr.write("\n")
+                sys.stderr.flush()
+        elif percent // 10 != self.last // 10 or done == total:
+            print(f"{self.label}: {done}/{total} ({percent}%)", file=sys.stderr, flush=True)
+        self.last = percent
+
+
+@contextlib.contextmanager
+def _maintenance(args: argparse.Namespace, what: str) -> Iterator[Stores]:
+    """Every store role, with the data directory locked against a running server."""
+    from netpost.store.embedded import lock_data_dir, open_stores
+
+    data = data_dir(args)
+    if not (data / "netpost.db").exists():
+        raise CLIError(f"{data} holds no netpost data (nothing to {what})")
+    cfg = load(data / CONFIG_NAME)
+    with lock_data_dir(data, f"netpost {what}"):
+        stores = open_stores(data, small_body_limit=cfg.store.small_body_limit)
+        try:
+            yield stores
+        finally:
+            stores.close()
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    with _maintenance(args, "gc") as stores:
+        # The lock keeps every other writer out: bodies without a row are orphans at any age.
+        report = stores.maintenance.collect_garbage_sync(0.0)
+        print(report.describe())
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from netpost.store.embedded import embedded_maintenance
+
+    with _maintenance(args, "migrate") as stores:
+        maintenance = embedded_maintenance(stores)
+        if not maintenance.needs_migration():
+            print("the data directory is already in the current layout")
+            return 0
+        report = maintenance.migrate(ProgressBar("moving small message files into blobs.db"))
+        print(f"moved {report.moved} message bodies ({report.octets} octets) into blobs.db")
+        if report.corrupt:
+            print(f"{len(report.corrupt)} files do not match their digest and were left in "
+                  "place: run 'netpost check'")
+            return 1
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from netpost.store.embedded import embedded_maintenance
+
+    with _maintenance(args, "check") as stores:
+        report = embedded_maintenance(stores).check(
+            repair=args.repair, progress=ProgressBar("checking message bodies"))
+    for line in report.lines():
+        print(line)
+    if report.lost or (report.problems and not args.repair):
+        if not args.repair:
+            print("run 'netpost check --repair' to fix what can be fixed")
+        return 1
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from netpost.net.trace import follow
 
@@ -260,6 +341,25 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("source", nargs="?", help="address or @domain (catch-all)")
     a.add_argument("target", nargs="?", help="a local account's address")
     a.set_defaults(func=cmd_alias)
+
+    g = sub.add_parser("gc", help="collect message bodies nothing references (server stopped)",
+                       description="Remove the bodies of expunged messages and what a crash "
+                                   "left behind, and hand the space back; reports what it "
+                                   "freed. The running server does this every 10 minutes.")
+    g.set_defaults(func=cmd_gc)
+
+    m = sub.add_parser("migrate", help="move a netpost 0.1 data directory to the current layout",
+                       description="Move small message files into blobs.db (resumable; "
+                                   "'netpost serve' also does it at start).")
+    m.set_defaults(func=cmd_migrate)
+
+    c = sub.add_parser("check", help="verify every message body and reference (fsck)",
+                       description="Verify every message's body against its sha256 and every "
+                                   "reference count; report what a crash or a disk error "
+                                   "left. Exit status 1 if a problem remains.")
+    c.add_argument("--repair", action="store_true",
+                   help="fix what can be fixed (never deletes a message still referenced)")
+    c.set_defaults(func=cmd_check)
 
     t = sub.add_parser("trace", help="follow the protocol trace live",
                        description="Print protocol trace lines as sessions talk.")

@@ -98,6 +98,13 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    small_body_limit: int = setting(
+        128 * 1024, "octets; bodies up to this are rows of blobs.db (one fsync per group "
+        "commit), larger ones files of their own", positive=True)
+
+
+@dataclass(frozen=True)
 class TraceSettings:
     listeners: tuple[str, ...] = setting((), "listener names to trace, or [\"all\"]")
     file: str = setting("trace.log", "trace file, relative to the data directory")
@@ -115,6 +122,7 @@ CORE_SECTIONS: dict[str, type[Any]] = {
     "tls": TLSSettings,
     "auth": AuthSettings,
     "limits": LimitSettings,
+    "store": StoreSettings,
     "trace": TraceSettings,
     "demo": DemoSettings,
 }
@@ -127,6 +135,8 @@ _DOCS = {
     "# server.hostname is made on first start in DATA/tls/.",
     "auth": "Accounts and logins.",
     "limits": "Bounds shared by every service; going past them gets the protocol's own error.",
+    "store": "Where mail is kept (the embedded backend: DATA/netpost.db, DATA/blobs.db,\n"
+    "# DATA/blobs/ for large bodies).",
     "trace": "Protocol trace: sessions logged as `C: ...` / `S: ...` conversations\n"
     "# (secrets and message bodies redacted). Follow it with `netpost trace`.",
     "demo": "What `netpost serve` creates on first start when no domain exists yet.",
@@ -148,6 +158,7 @@ class Config:
     tls: TLSSettings = field(default_factory=TLSSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     trace: TraceSettings = field(default_factory=TraceSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     # Each service's own section ([smtp], [pop3], ...), by section name.
@@ -348,7 +359,7 @@ def render_default(registry: Registry | None = None) -> str:
         out.append(f"{decl.name} = {_toml_value(cfg.listen[decl.name])}  # {decl.protocol}, "
                    f"{kind}, standard port {decl.standard_port}")
     out.append("")
-    for name in ("tls", "auth", "limits", "trace", "demo"):
+    for name in ("tls", "auth", "limits", "store", "trace", "demo"):
         _render_section(out, name, _DOCS[name], getattr(cfg, name))
     for service in registry.services():
         if service.settings is not None:

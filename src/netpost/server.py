@@ -34,7 +34,7 @@ from netpost.registry import (
     default_registry,
 )
 from netpost.services import Services, build_services
-from netpost.store.embedded import open_stores
+from netpost.store.embedded import embedded_maintenance, lock_data_dir, open_stores
 from netpost.store.interfaces import Maintenance, Stores
 
 log = logging.getLogger("netpost")
@@ -83,11 +83,33 @@ def ensure_demo(stores: Stores, config: Config, data_dir: Path) -> tuple[str, st
 
 
 async def collect_garbage(maintenance: Maintenance, orphans: bool = False) -> None:
-    """Remove message files nothing references: expunged ones, and with `orphans` also
-    files a crash left between writing them and committing their message."""
-    removed = await maintenance.collect_garbage(ORPHAN_MIN_AGE if orphans else None)
-    if removed:
-        log.info("removed %d unreferenced message file(s)", removed)
+    """Remove message bodies nothing references: expunged ones, and with `orphans` also
+    bodies a crash left between writing them and committing their message."""
+    report = await maintenance.collect_garbage(ORPHAN_MIN_AGE if orphans else None)
+    if report.bodies:
+        log.info("garbage collection: %s", report.describe())
+
+
+async def migrate_layout(stores: Stores, announce: Callable[[str], None]) -> None:
+    """The one-time move of small body files into blobs.db (a data directory of netpost 0.1)."""
+    maintenance = embedded_maintenance(stores)
+    if not maintenance.needs_migration():
+        return
+    loop = asyncio.get_running_loop()
+    shown = [-1]
+
+    def progress(done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        if percent // 10 != shown[0]:
+            shown[0] = percent // 10
+            loop.call_soon_threadsafe(
+                announce, f"moving small message files into blobs.db: {done}/{total}")
+
+    report = await asyncio.to_thread(maintenance.migrate, progress)
+    await asyncio.sleep(0)  # let the last progress line out first
+    announce(f"moved {report.moved} message bodies into blobs.db"
+             + (f"; {len(report.corrupt)} damaged files left (run 'netpost check')"
+                if report.corrupt else ""))
 
 
 def build_listeners(registry: Registry, services: Services, config: Config,
@@ -140,8 +162,15 @@ async def serve(data_dir: Path, config: Config, *,
             print(line, flush=True)
     for warning in config.warnings:
         log.warning("config: %s", warning)
-    stores = open_stores(data_dir)
+    with lock_data_dir(data_dir, "netpost serve"):
+        return await _serve(data_dir, config, announce, registry, stop)
+
+
+async def _serve(data_dir: Path, config: Config, announce: Callable[[str], None],
+                 registry: Registry, stop: asyncio.Event | None) -> int:
+    stores = open_stores(data_dir, small_body_limit=config.store.small_body_limit)
     try:
+        await migrate_layout(stores, announce)
         cert, key, made = ensure_certificate(data_dir, config.server.hostname,
                                              config.tls.certificate, config.tls.key)
         ssl_ctx = server_context(cert, key)

@@ -99,18 +99,18 @@ def test_collect_garbage(tmp_path: Path) -> None:
     data = b"Subject: gc\r\n\r\nbye\r\n"
     committer.deliver_sync(data, parse_meta(data, 1.0), inboxes)
     ref = store.messages(inboxes[0])[0].blob
-    assert committer.collect_garbage_sync() == 0
+    assert committer.collect_garbage_sync().bodies == 0
     store.expunge(inboxes[0], [1])
-    assert committer.collect_garbage_sync() == 0  # still in bob's INBOX
+    assert committer.collect_garbage_sync().bodies == 0  # still in bob's INBOX
     store.expunge(inboxes[1], [1])
-    assert committer.collect_garbage_sync() == 1
+    assert committer.collect_garbage_sync().bodies == 1
     assert not os.path.exists(blobs.local_path(ref))
     # The same content delivered again comes back whole.
     committer.deliver_sync(data, parse_meta(data, 1.0), inboxes[:1])
     assert blobs.read(store.messages(inboxes[0])[0].blob) == data
 
     async def gc() -> int:
-        return await committer.collect_garbage()
+        return (await committer.collect_garbage()).bodies
 
     assert asyncio.run(gc()) == 0
     committer.close_sync()

@@ -30,8 +30,8 @@ def test_collects_expunged_and_orphans_but_not_live(tmp_path: Path) -> None:
     os.utime(blobs.local_path(orphan), (old, old))
     [young] = blobs.put_many([b"Subject: young\r\n\r\nin flight elsewhere\r\n"])
 
-    assert committer.collect_garbage_sync() == 1  # the expunged message's file
-    assert committer.collect_garbage_sync(orphans_older_than=3600) == 1  # the old orphan
+    assert committer.collect_garbage_sync().bodies == 1  # the expunged message's file
+    assert committer.collect_garbage_sync(orphans_older_than=3600).bodies == 1  # the old orphan
     remaining = {sha for sha, _ in blobs.stored()}
     assert not blobs.exists(orphan) and blobs.exists(young)
     assert len(remaining) == 2  # the live message and the young file

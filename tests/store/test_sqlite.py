@@ -330,10 +330,10 @@ def test_changes_since_pages(store: SQLiteStore) -> None:
 def test_forget_blob_only_when_unreferenced(store: SQLiteStore) -> None:
     inbox = _with_bob(store)
     store.deliver([Delivery(BLOB_A, _meta(), [inbox])])
-    assert not store.forget_blob(BLOB_A.sha256)
+    assert store.forget_blobs([BLOB_A.sha256]) == 0
     store.expunge(inbox, [1])
     assert store.unreferenced_blobs() == [BLOB_A]
-    assert store.forget_blob(BLOB_A.sha256)
+    assert store.forget_blobs([BLOB_A.sha256]) == 1
     assert store.unreferenced_blobs() == []
 
 

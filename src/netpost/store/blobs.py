@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import BinaryIO, TypeVar
 
-from netpost.store.interfaces import BlobRef, StagedBlobs
+from netpost.store.interfaces import BlobRef, StagedBlobs, blob_ref
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -122,8 +122,24 @@ class FileBlobStore:
         except FileNotFoundError:
             pass
 
+    def delete_many(self, refs: Sequence[BlobRef]) -> None:
+        for ref in refs:
+            self.delete(ref)
+
+    def reclaim(self) -> int:
+        return 0  # an unlinked file's space is free at once
+
     def stored(self) -> Iterator[tuple[str, float]]:
         """(sha256, modification time) of every blob file, directory by directory."""
+        for sha, st in self._files():
+            yield sha, st.st_mtime
+
+    def stored_sizes(self) -> Iterator[tuple[str, int]]:
+        """(sha256, size in octets) of every blob file."""
+        for sha, st in self._files():
+            yield sha, st.st_size
+
+    def _files(self) -> Iterator[tuple[str, os.stat_result]]:
         for i in range(256):
             try:
                 entries = list(os.scandir(os.path.join(self.root, f"{i:02x}")))
@@ -132,7 +148,7 @@ class FileBlobStore:
             for entry in entries:
                 if len(entry.name) == 64 and _HEX.issuperset(entry.name):
                     try:
-                        yield entry.name, entry.stat().st_mtime
+                        yield entry.name, entry.stat()
                     except FileNotFoundError:
                         pass
 
@@ -210,7 +226,7 @@ class FileBlobStore:
             raise
 
     def put(self, data: bytes) -> BlobRef:
-        ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+        ref = blob_ref(data)
         directory = self._dir_of(ref.sha256)
         final = os.path.join(directory, ref.sha256)
         if os.path.exists(final):
@@ -268,7 +284,7 @@ class FileBlobStore:
         but the directory entries are not durable until `finish` (so that a pipeline can
         overlap one batch's directory fsyncs with the next batch's file fsyncs).  A crash in
         between loses whole files, never leaves a partial one."""
-        refs = [BlobRef(hashlib.sha256(d).hexdigest(), len(d)) for d in items]
+        refs = [blob_ref(d) for d in items]
         todo: dict[str, bytes] = {}  # sha -> data, first occurrence, not yet stored
         dirs: set[str] = set()
         for ref, data in zip(refs, items, strict=True):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from netpost.store.interfaces import (
     BlobRef,
     Delivery,
+    GarbageReport,
     MessageMeta,
     MetadataBatches,
     StagedBlobs,
@@ -153,23 +154,30 @@ class GroupCommitter:
         self._enqueue(_Job(data, meta, tuple(mailbox_ids), _resolve_sync(fut)))
         return fut.result()
 
-    def collect_garbage_sync(self, orphans_older_than: float | None = None) -> int:
-        """Delete blobs no message references any more; return how many.  Runs on the writer
-        thread, between batches.  With `orphans_older_than` (seconds) also delete blob files
+    def collect_garbage_sync(self, orphans_older_than: float | None = None) -> GarbageReport:
+        """Delete blobs no message references any more and hand the space back.  Runs on the
+        writer thread, between batches.  With `orphans_older_than` (seconds) also delete blobs
         that have no row at all and are at least that old: left by a crash between writing
-        a file and committing its message (this scans every blob file)."""
+        a body and committing its message (this scans every blob)."""
         task = _Task(lambda: self._collect_garbage(orphans_older_than))
         self._enqueue(task)
         result = task.future.result()
-        assert isinstance(result, int)
+        assert isinstance(result, GarbageReport)
         return result
 
-    async def collect_garbage(self, orphans_older_than: float | None = None) -> int:
+    async def collect_garbage(self, orphans_older_than: float | None = None) -> GarbageReport:
         task = _Task(lambda: self._collect_garbage(orphans_older_than))
         self._enqueue(task)
         result = await asyncio.wrap_future(task.future)
-        assert isinstance(result, int)
+        assert isinstance(result, GarbageReport)
         return result
+
+    def run_exclusive(self, fn: Callable[[], object]) -> object:
+        """Run `fn` on the writer thread with the pipeline empty (no delivery in flight), as
+        garbage collection does; for maintenance such as the layout migration."""
+        task = _Task(fn)
+        self._enqueue(task)
+        return task.future.result()
 
     async def close(self) -> None:
         """Commit everything queued, then stop the writer thread."""
@@ -277,36 +285,37 @@ class GroupCommitter:
         self.stats.failures += 1
         job.resolve(None, exc)
 
-    def _collect_garbage(self, orphans_older_than: float | None = None) -> int:
-        removed = 0
+    def _collect_garbage(self, orphans_older_than: float | None = None) -> GarbageReport:
+        report = GarbageReport()
         if orphans_older_than is not None:
-            removed += self._sweep_orphans(orphans_older_than)
-        for ref in self.store.unreferenced_blobs():
-            # File first, then row: a crash in between leaves a row GC retries, not a file
-            # nobody knows about.  No delivery can reuse the blob meanwhile: we are the writer.
-            self.blobs.delete(ref)
-            if self.store.forget_blob(ref.sha256):
-                removed += 1
-        return removed
+            report += self._sweep_orphans(orphans_older_than)
+        refs = self.store.unreferenced_blobs()
+        for i in range(0, len(refs), 500):
+            part = refs[i:i + 500]
+            # Content first, then rows: a crash in between leaves rows GC retries, not content
+            # nobody knows about.  No delivery can reuse a blob meanwhile: we are the writer.
+            self.blobs.delete_many(part)
+            self.store.forget_blobs([ref.sha256 for ref in part])
+            report += GarbageReport(len(part), sum(ref.size for ref in part))
+        if report.bodies:
+            report += GarbageReport(reclaimed=self.blobs.reclaim())
+        return report
 
-    def _sweep_orphans(self, min_age: float) -> int:
+    def _sweep_orphans(self, min_age: float) -> GarbageReport:
         # Runs with the pipeline empty (a _Task): no delivery can be about to reference one
-        # of these files.  The age bound spares files of another process sharing the store.
+        # of these blobs.  The age bound spares blobs of another process sharing the store.
         limit = time.time() - min_age
-        removed = 0
+        removed = GarbageReport()
         batch: list[str] = []
 
-        def flush() -> int:
-            gone = 0
+        def flush() -> GarbageReport:
             known = self.store.known_blobs(batch)
-            for sha in batch:
-                if sha not in known:
-                    self.blobs.delete(BlobRef(sha, 0))
-                    gone += 1
+            orphans = [BlobRef(sha, 0) for sha in batch if sha not in known]
+            self.blobs.delete_many(orphans)
             batch.clear()
-            return gone
+            return GarbageReport(len(orphans))
 
-        for sha, mtime in self.blobs.stored():
+        for sha, mtime in list(self.blobs.stored()):
             if mtime < limit:
                 batch.append(sha)
                 if len(batch) >= 500:

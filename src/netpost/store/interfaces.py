@@ -20,6 +20,7 @@ blobs as files): MetadataBatches, StagingBlobStore, ChangeLog.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, Protocol
@@ -73,6 +74,39 @@ class BlobRef:
 
     sha256: str
     size: int
+
+
+def blob_ref(data: bytes) -> BlobRef:
+    """The address of these octets."""
+    return BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+
+
+@dataclass(frozen=True)
+class GarbageReport:
+    """What a garbage collection removed."""
+
+    bodies: int = 0  # message bodies nothing referenced any more
+    octets: int = 0  # their size
+    reclaimed: int = 0  # octets handed back to the file system (free pages of blobs.db)
+
+    def __add__(self, other: GarbageReport) -> GarbageReport:
+        return GarbageReport(self.bodies + other.bodies, self.octets + other.octets,
+                             self.reclaimed + other.reclaimed)
+
+    def describe(self) -> str:
+        return (f"removed {self.bodies} unreferenced message bodies ({_octets(self.octets)}); "
+                f"{_octets(self.reclaimed)} of free space handed back to the file system")
+
+
+def _octets(n: int) -> str:
+    if n < 1024:
+        return f"{n} octets"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 @dataclass(frozen=True)
@@ -269,9 +303,11 @@ class ChangeFeed(Protocol):
 
 
 class Maintenance(Protocol):
-    async def collect_garbage(self, orphans_older_than: float | None = None) -> int:
+    async def collect_garbage(self, orphans_older_than: float | None = None) -> GarbageReport:
         """Remove content nothing references; with `orphans_older_than` (seconds) also content
-        a crash left before its message was committed.  Returns how many blobs went."""
+        a crash left before its message was committed; hand freed space back."""
+    def collect_garbage_sync(self, orphans_older_than: float | None = None) -> GarbageReport:
+        """The same, for the command line (not on an event loop)."""
 
 
 # --- roles between parts of a backend ------------------------------------------------------------
@@ -286,8 +322,8 @@ class MetadataBatches(Protocol):
     def unreferenced_blobs(self) -> list[BlobRef]: ...
     def known_blobs(self, shas: Sequence[str]) -> set[str]:
         """Which of these blobs have a row (referenced now, or awaiting collection)."""
-    def forget_blob(self, sha256: str) -> bool:
-        """Drop the blob's row if it is still unreferenced; True when dropped."""
+    def forget_blobs(self, shas: Sequence[str]) -> int:
+        """Drop the rows of these blobs that are still unreferenced; return how many."""
 
 
 @dataclass(frozen=True)
@@ -305,7 +341,10 @@ class StagingBlobStore(BlobStore, Protocol):
         """Every item written and fsync'd under its final name; not durable until finish."""
     def finish(self, staged: StagedBlobs) -> None: ...
     def stored(self) -> Iterator[tuple[str, float]]:
-        """(sha256, modification time) of every stored blob."""
+        """(sha256, time written) of every stored blob."""
+    def delete_many(self, refs: Sequence[BlobRef]) -> None: ...
+    def reclaim(self) -> int:
+        """Hand space freed by deletions back to the file system; return the octets."""
 
 
 # --- what a backend hands the rest of the program ------------------------------------------------

@@ -846,8 +846,45 @@ class SQLiteStore:
             known.update(r[0] for r in rows)
         return known
 
-    def forget_blob(self, sha256: str) -> bool:
-        """Drop the blob's row if it is still unreferenced; True when dropped."""
+    def forget_blobs(self, shas: Sequence[str]) -> int:
+        """Drop the rows of these blobs that are still unreferenced; return how many."""
+        if not shas:
+            return 0
         with self._write() as conn:
-            cur = conn.execute("DELETE FROM blobs WHERE sha256 = ? AND refcount = 0", (sha256,))
-            return cur.rowcount > 0
+            gone = 0
+            for sha in shas:
+                cur = conn.execute("DELETE FROM blobs WHERE sha256 = ? AND refcount = 0", (sha,))
+                gone += cur.rowcount
+            return gone
+
+    # -- consistency checks (netpost check) --------------------------------------------------
+
+    def blob_accounting(self) -> list[tuple[str, int, int, int]]:
+        """(sha256, size, refcount, messages referencing it) for every blob row, and for every
+        digest messages reference without a row (size from the message, refcount -1)."""
+        conn = self._conn()
+        rows = conn.execute(
+            "SELECT b.sha256, b.size, b.refcount, "
+            "(SELECT count(*) FROM messages m WHERE m.sha256 = b.sha256) FROM blobs b "
+            "ORDER BY b.sha256").fetchall()
+        missing = conn.execute(
+            "SELECT m.sha256, max(m.size), -1, count(*) FROM messages m "
+            "WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = m.sha256) "
+            "GROUP BY m.sha256").fetchall()
+        return [tuple(r) for r in rows + missing]
+
+    def repair_refcount(self, sha256: str, size: int, count: int) -> None:
+        """Make the blob's row say `count` references (creating the row if it is missing)."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO blobs (sha256, size, refcount) VALUES (?, ?, ?) "
+                "ON CONFLICT (sha256) DO UPDATE SET refcount = excluded.refcount",
+                (sha256, size, count))
+
+    def messages_with_blob(self, sha256: str) -> list[tuple[str, str, int]]:
+        """(account, mailbox, uid) of every message whose content is this blob."""
+        rows = self._conn().execute(
+            "SELECT a.address, x.name, m.uid FROM messages m "
+            "JOIN mailboxes x ON x.id = m.mailbox_id JOIN accounts a ON a.id = x.account_id "
+            "WHERE m.sha256 = ? ORDER BY a.address, x.name, m.uid", (sha256,))
+        return [(r[0], r[1], r[2]) for r in rows]
