@@ -194,3 +194,29 @@ def test_throttle_memory_is_bounded() -> None:
         t.record_failure(f"10.0.0.{i}", "x", "test")
     assert t.failures("10.0.0.9") == 1 and t.failures("10.0.0.0") == 0
     assert t.record_failure("10.0.0.9", "x", "test") == 0.2  # doubled for a repeat offender
+
+
+def test_maintenance_commands_and_the_server_lock(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    r = run_cli(data, "gc")
+    assert r.returncode == 1 and "holds no netpost data" in r.stderr
+    srv = start_server(data, config="")
+    try:
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as smtp:
+            smtp.sendmail("a@example.org", ["demo@netpost.test"], b"Subject: x\r\n\r\nhi\r\n")
+        for command in ("gc", "check", "migrate"):
+            r = run_cli(data, command)
+            assert r.returncode == 1, r.stdout
+            assert f"{data} is in use by netpost serve (pid {srv.proc.pid}): stop it first" \
+                in r.stderr
+        assert run_cli(data, "user", "list").returncode == 0  # admin commands need no lock
+        with pytest.raises(Exception):  # a second server on the same data is refused too
+            start_server(data, config="")
+    finally:
+        assert srv.stop() == 0
+    r = run_cli(data, "check")
+    assert r.returncode == 0 and "checked 1 message bodies" in r.stdout, r.stdout + r.stderr
+    r = run_cli(data, "gc")
+    assert r.returncode == 0 and r.stdout.startswith("removed 0 unreferenced"), r.stdout
+    r = run_cli(data, "migrate")
+    assert r.returncode == 0 and "already in the current layout" in r.stdout

@@ -45,10 +45,7 @@ class SQLiteBlobStore:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
-        conn = self._conn()
-        # Page reuse and reclaim: must be set before the first table exists.
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        conn.execute(SCHEMA)
+        self._conn().execute(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -59,6 +56,9 @@ class SQLiteBlobStore:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=self._busy_timeout_ms / 1000)
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        # Free pages go back to the file system on `reclaim`.  Only a new, empty database
+        # takes this, and only before journal_mode = WAL writes its first page.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         self._local.conn = conn
@@ -163,7 +163,8 @@ class SQLiteBlobStore:
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         if not free:
             return 0
-        conn.execute("PRAGMA incremental_vacuum")
+        # One page per step, and sqlite3.execute steps once: executescript runs it to the end.
+        conn.executescript("PRAGMA incremental_vacuum;")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         left = conn.execute("PRAGMA freelist_count").fetchone()[0]
         return int((free - left) * page_size)
