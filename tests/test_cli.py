@@ -210,7 +210,7 @@ def test_maintenance_commands_and_the_server_lock(tmp_path: Path) -> None:
             assert f"{data} is in use by netpost serve (pid {srv.proc.pid}): stop it first" \
                 in r.stderr
         assert run_cli(data, "user", "list").returncode == 0  # admin commands need no lock
-        with pytest.raises(Exception):  # a second server on the same data is refused too
+        with pytest.raises(RuntimeError, match="in use by netpost serve"):  # a second server
             start_server(data, config="")
     finally:
         assert srv.stop() == 0

@@ -16,7 +16,7 @@ from netpost import __version__
 from netpost.config import ConfigError, load, render_default, set_listen
 from netpost.mail import address as names
 from netpost.registry import default_registry
-from netpost.store.interfaces import AdminStores, Stores
+from netpost.store.interfaces import Account, AdminStores, Mailbox, Stores
 
 CONFIG_NAME = "netpost.toml"
 
@@ -279,6 +279,89 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _account_mailbox(stores: Stores | AdminStores, address: str, name: str,
+                     create: bool) -> tuple[Account, Mailbox]:
+    account = stores.accounts.get_account(check_address(address))
+    if account is None:
+        raise CLIError(f"no user {address}")
+    mailbox = stores.mailboxes.get_mailbox(account.id, name)
+    if mailbox is None:
+        if not create:
+            raise CLIError(f"{account.address} has no mailbox {name!r}")
+        mailbox = stores.mailboxes.create_mailbox(account.id, name)
+    return account, mailbox
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from netpost.mail import mailfiles
+    from netpost.mail.mailfiles import FileMessage
+    from netpost.mail.transfer import ImportReport, existing_digests, import_messages
+
+    path = Path(args.path)
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "maildir" if mailfiles.is_maildir(str(path)) else "mbox"
+    if fmt == "mbox" and not path.is_file():
+        raise CLIError(f"{path} is not an mbox file (for a Maildir give --format maildir)")
+    if fmt == "maildir" and not mailfiles.is_maildir(str(path)):
+        raise CLIError(f"{path} is not a Maildir (no cur/ or new/ in it)")
+    with _maintenance(args, "import") as stores:
+        _, mailbox = _account_mailbox(stores, args.user, args.mailbox, create=True)
+        existing = existing_digests(stores.messages, mailbox)
+        bar = ProgressBar(f"importing {path.name}")
+        total = path.stat().st_size if fmt == "mbox" else sum(
+            len(os.listdir(path / sub)) for sub in ("cur", "new") if (path / sub).is_dir())
+        position = [0]
+
+        def messages() -> Iterator[FileMessage]:
+            if fmt == "mbox":
+                with path.open("rb") as f:
+                    for message, offset in mailfiles.read_mbox(f):
+                        position[0] = offset
+                        yield message
+            else:
+                for i, (_, message) in enumerate(mailfiles.read_maildir(str(path)), 1):
+                    position[0] = i
+                    yield message
+
+        def progress(report: ImportReport) -> None:
+            bar(min(position[0], total), total)
+
+        report = asyncio.run(import_messages(
+            messages(), mailbox=mailbox, target=stores.delivery,
+            existing=existing, progress=progress))
+    bar(total, total)
+    rate = report.imported / report.seconds if report.seconds else 0.0
+    print(f"imported {report.imported} messages into {args.user} {args.mailbox} "
+          f"({rate:,.0f} msgs/s); {report.skipped} were there already")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from netpost.mail.transfer import export_maildir, export_mbox
+    from netpost.store.embedded import open_stores
+
+    data = data_dir(args)
+    if not (data / "netpost.db").exists():
+        raise CLIError(f"{data} holds no netpost data (nothing to export)")
+    stores = open_stores(data)
+    try:
+        _, mailbox = _account_mailbox(stores, args.user, args.mailbox, create=False)
+        bar = ProgressBar(f"exporting {args.mailbox}")
+        if args.format == "mbox":
+            n = export_mbox(stores.messages, stores.blobs, mailbox, args.path, bar)
+            print(f"wrote {n} messages to {args.path}")
+        else:
+            written, present = export_maildir(stores.messages, stores.blobs, mailbox,
+                                              args.path, bar)
+            print(f"wrote {written} messages to {args.path}; {present} were there already")
+    finally:
+        stores.close()
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from netpost.net.trace import follow
 
@@ -360,6 +443,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--repair", action="store_true",
                    help="fix what can be fixed (never deletes a message still referenced)")
     c.set_defaults(func=cmd_check)
+
+    im = sub.add_parser("import", help="import an mbox file or a Maildir into a mailbox",
+                        description="Append the messages of an mbox file or a Maildir to a "
+                                    "mailbox (made if missing), with their flags and dates. "
+                                    "Resumable: a message already in the mailbox is skipped, "
+                                    "so a re-run adds only what is missing.")
+    im.add_argument("path", help="mbox file or Maildir directory")
+    im.add_argument("--user", required=True, help="the account, e.g. alice@example.org")
+    im.add_argument("--mailbox", default="INBOX", help="target mailbox (default INBOX)")
+    im.add_argument("--format", choices=["auto", "mbox", "maildir"], default="auto",
+                    help="default: Maildir if PATH has cur/ or new/, else mbox")
+    im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export", help="write a mailbox out as an mbox file or a Maildir",
+                        description="Write a mailbox's messages with flags and dates. mbox "
+                                    "(mboxrd) replaces PATH whole; Maildir adds what is not "
+                                    "there yet.")
+    ex.add_argument("path", help="mbox file or Maildir directory to write")
+    ex.add_argument("--user", required=True, help="the account, e.g. alice@example.org")
+    ex.add_argument("--mailbox", default="INBOX", help="mailbox to export (default INBOX)")
+    ex.add_argument("--format", choices=["mbox", "maildir"], default="mbox")
+    ex.set_defaults(func=cmd_export)
 
     t = sub.add_parser("trace", help="follow the protocol trace live",
                        description="Print protocol trace lines as sessions talk.")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import secrets
+import itertools
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ from netpost.mail.message import parse_meta
 from netpost.store.interfaces import Accounts, Aliases, DeliveryTarget, Domains, MailboxCatalogue
 
 MAX_ALIAS_DEPTH = 8
+# Queue ids for Received: and the 250 reply: a random per-process prefix and a counter, so that
+# ids are unique across restarts and processes without a system call per message.
+_ID_PREFIX = os.urandom(3).hex().upper()
+_ids = itertools.count(1)
 DELIVERY_TIMEOUT = 120.0  # seconds
 # Recipient lookups are cached this long: under load every message asks the same questions,
 # and accounts change only through the command line (a change applies within a second).
@@ -118,7 +123,7 @@ class LocalDelivery:
                       tls: str | None, authenticated: str | None) -> str:
         """Store `content` with trace fields in every recipient's INBOX; durable on return.
         Returns the id written in the Received: field."""
-        msg_id = secrets.token_hex(6).upper()
+        msg_id = f"{_ID_PREFIX}{next(_ids):06X}"
         now = time.time()
         trace = trace_fields(
             mail_from=mail_from, helo=helo, client_ip=client_ip, hostname=self.hostname,

@@ -38,16 +38,47 @@ from netpost.store.interfaces import (
     StoreError,
 )
 
-Resolver = Callable[[list[int] | None, BaseException | None], None]
-
 
 @dataclass
 class _Job:
     data: bytes
     meta: MessageMeta
     mailbox_ids: Sequence[int]
-    resolve: Resolver
+    # The caller's future: on its event loop (`loop` set), or a concurrent one (`loop` None).
+    future: asyncio.Future[list[int]] | concurrent.futures.Future[list[int]]
+    loop: asyncio.AbstractEventLoop | None
     flags: frozenset[str] = frozenset()
+
+
+Outcome = tuple[_Job, list[int] | None, BaseException | None]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    for job, uids, exc in outcomes:
+        fut = job.future
+        if fut.done():  # the caller was cancelled
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            assert uids is not None
+            fut.set_result(uids)
+
+
+def _resolve(outcomes: list[Outcome]) -> None:
+    """Hand results to their callers: one wake-up per event loop for a whole batch (not one
+    per message: each call_soon_threadsafe writes to the loop's self-pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop | None, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, part in by_loop.items():
+        if loop is None:
+            _settle(part)
+            continue
+        try:
+            loop.call_soon_threadsafe(_settle, part)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
 
 
 @dataclass
@@ -64,36 +95,6 @@ class CommitStats:
     deliveries: int = 0
     failures: int = 0
     largest_batch: int = 0
-
-
-def _resolve_async(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[list[int]]) -> Resolver:
-    def set_on_loop(uids: list[int] | None, exc: BaseException | None) -> None:
-        if fut.done():  # the caller was cancelled
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            assert uids is not None
-            fut.set_result(uids)
-
-    def resolve(uids: list[int] | None, exc: BaseException | None) -> None:
-        try:
-            loop.call_soon_threadsafe(set_on_loop, uids, exc)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is waiting any more
-
-    return resolve
-
-
-def _resolve_sync(fut: concurrent.futures.Future[list[int]]) -> Resolver:
-    def resolve(uids: list[int] | None, exc: BaseException | None) -> None:
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            assert uids is not None
-            fut.set_result(uids)
-
-    return resolve
 
 
 class GroupCommitter:
@@ -145,13 +146,13 @@ class GroupCommitter:
         """Store `data` in each mailbox; return the UIDs once blob and metadata are durable."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[int]] = loop.create_future()
-        self._enqueue(_Job(data, meta, tuple(mailbox_ids), _resolve_async(loop, fut), flags))
+        self._enqueue(_Job(data, meta, tuple(mailbox_ids), fut, loop, flags))
         return await fut
 
     def deliver_sync(self, data: bytes, meta: MessageMeta, mailbox_ids: Sequence[int]) -> list[int]:
         """Blocking form of `deliver`, for the command line and tests (not on an event loop)."""
         fut: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
-        self._enqueue(_Job(data, meta, tuple(mailbox_ids), _resolve_sync(fut)))
+        self._enqueue(_Job(data, meta, tuple(mailbox_ids), fut, None))
         return fut.result()
 
     def collect_garbage_sync(self, orphans_older_than: float | None = None) -> GarbageReport:
@@ -278,12 +279,11 @@ class GroupCommitter:
         self.stats.batches += 1
         self.stats.deliveries += len(jobs)
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
-        for job, job_uids in zip(jobs, uids, strict=True):
-            job.resolve(job_uids, None)
+        _resolve([(job, job_uids, None) for job, job_uids in zip(jobs, uids, strict=True)])
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
         self.stats.failures += 1
-        job.resolve(None, exc)
+        _resolve([(job, None, exc)])
 
     def _collect_garbage(self, orphans_older_than: float | None = None) -> GarbageReport:
         report = GarbageReport()

@@ -111,7 +111,7 @@ class SQLiteBlobStore:
     def get(self, ref: BlobRef) -> bytes | None:
         row = self._conn().execute(
             "SELECT data FROM bodies WHERE sha256 = ?", (bytes.fromhex(ref.sha256),)).fetchone()
-        return bytes(row[0]) if row else None
+        return row[0] if row else None  # sqlite3 gives BLOBs as bytes already
 
     def read(self, ref: BlobRef) -> bytes:
         data = self.get(ref)

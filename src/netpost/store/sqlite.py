@@ -590,52 +590,78 @@ class SQLiteStore:
 
     def deliver(self, deliveries: Sequence[Delivery]) -> list[list[int]]:
         """Append every delivery in ONE transaction; return the UIDs per delivery, in the
-        order of its mailbox_ids.  Durable when it returns (WAL, synchronous=FULL)."""
+        order of its mailbox_ids.  Durable when it returns (WAL, synchronous=FULL).
+
+        Statements are per batch, not per message: each mailbox's UIDs and MODSEQs are taken
+        in one UPDATE (consecutive, in delivery order, as one UPDATE per message would give),
+        and the rows go in with executemany."""
+        wanted: dict[int, int] = {}  # mailbox id -> UIDs needed in this batch
+        refs: dict[str, list[int]] = {}  # sha256 -> [size, references added]
+        for d in deliveries:
+            for mailbox_id in d.mailbox_ids:
+                wanted[mailbox_id] = wanted.get(mailbox_id, 0) + 1
+            if d.mailbox_ids:
+                entry = refs.setdefault(d.blob.sha256, [d.blob.size, 0])
+                entry[1] += len(d.mailbox_ids)
         result: list[list[int]] = []
         changes: list[Change] = []
         with self._write(changes) as conn:
+            # mailbox id -> [next uid, next modseq, account id]
+            cursor: dict[int, list[int]] = {}
+            for mailbox_id, n in wanted.items():
+                row = conn.execute(
+                    "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + ? "
+                    "WHERE id = ? RETURNING uidnext - ?, highestmodseq - ? + 1, account_id",
+                    (n, n, mailbox_id, n, n),
+                ).fetchone()
+                if row is None:
+                    raise StoreError(f"no mailbox with id {mailbox_id}")
+                cursor[mailbox_id] = list(row)
+            conn.executemany(
+                "INSERT INTO blobs (sha256, size, refcount) VALUES (?, ?, ?) "
+                "ON CONFLICT (sha256) DO UPDATE SET refcount = refcount + excluded.refcount",
+                [(sha, size, n) for sha, (size, n) in refs.items()],
+            )
+            messages: list[tuple[Any, ...]] = []
+            feed: list[tuple[int, int, int, int]] = []  # account, modseq, mailbox, uid
             for d in deliveries:
-                if not d.mailbox_ids:
-                    result.append([])
-                    continue
-                conn.execute(
-                    "INSERT INTO blobs (sha256, size, refcount) VALUES (?, ?, ?) "
-                    "ON CONFLICT (sha256) DO UPDATE SET refcount = refcount + excluded.refcount",
-                    (d.blob.sha256, d.blob.size, len(d.mailbox_ids)),
-                )
                 headers = json.dumps(d.meta.headers, ensure_ascii=False, separators=(",", ":"))
                 flags = _flags_text(d.flags)
                 uids: list[int] = []
                 for mailbox_id in d.mailbox_ids:
-                    row = conn.execute(
-                        "UPDATE mailboxes SET uidnext = uidnext + 1, "
-                        "highestmodseq = highestmodseq + 1 WHERE id = ? "
-                        "RETURNING uidnext - 1, highestmodseq, account_id",
-                        (mailbox_id,),
-                    ).fetchone()
-                    if row is None:
-                        raise StoreError(f"no mailbox with id {mailbox_id}")
-                    uid, modseq, account_id = row
-                    conn.execute(
-                        "INSERT INTO messages (mailbox_id, uid, sha256, size, internaldate, "
-                        "modseq, flags, has_dot_lines, headers) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (
-                            mailbox_id,
-                            uid,
-                            d.blob.sha256,
-                            d.meta.size,
-                            d.meta.internaldate,
-                            modseq,
-                            flags,
-                            int(d.meta.has_dot_lines),
-                            headers,
-                        ),
-                    )
-                    changes.append(
-                        self._change(conn, account_id, modseq, mailbox_id, uid, "append"))
+                    c = cursor[mailbox_id]
+                    uid, modseq, account_id = c
+                    c[0] += 1
+                    c[1] += 1
+                    messages.append((mailbox_id, uid, d.blob.sha256, d.meta.size,
+                                     d.meta.internaldate, modseq, flags,
+                                     int(d.meta.has_dot_lines), headers))
+                    feed.append((account_id, modseq, mailbox_id, uid))
                     uids.append(uid)
                 result.append(uids)
+            conn.executemany(
+                "INSERT INTO messages (mailbox_id, uid, sha256, size, internaldate, "
+                "modseq, flags, has_dot_lines, headers) VALUES (?,?,?,?,?,?,?,?,?)",
+                messages,
+            )
+            changes.extend(self._changes(conn, feed, "append"))
         return result
+
+    @staticmethod
+    def _changes(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, int, int]],
+                 kind: ChangeKind) -> list[Change]:
+        """Append (account, modseq, mailbox, uid) entries of one kind to the change feed."""
+        if not rows:
+            return []
+        # AUTOINCREMENT under the write lock: this transaction's entries get the positions
+        # after the highest ever used, in insertion order.
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        first = (row[0] if row else 0) + 1
+        conn.executemany(
+            "INSERT INTO changes (account_id, modseq, mailbox_id, uid, kind) VALUES (?,?,?,?,?)",
+            [(a, m, b, u, kind) for a, m, b, u in rows],
+        )
+        return [Change(first + i, a, b, u, m, kind) for i, (a, m, b, u) in enumerate(rows)]
 
     @staticmethod
     def _message_row(r: tuple[Any, ...]) -> MessageRow:
