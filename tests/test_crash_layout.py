@@ -99,3 +99,33 @@ def test_sigkill_during_gc_and_compaction_loses_nothing(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     assert "no problems found" in check.stdout
     assert os.path.getsize(data / "blobs.db") < sum(len(b) for b in bodies) / 3
+
+
+def test_serve_migrates_an_old_data_directory_at_start(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import poplib
+
+    from tests.conftest import client_tls, start_server
+
+    data = tmp_path / "old"
+    bodies = make_old_layout(data, 300, large_every=100)
+    r = run_cli(data, "user", "passwd", "bob@example.com", "--password-stdin",
+                stdin="secret pw\n")
+    assert r.returncode == 0, r.stderr
+    srv = start_server(data, config="")
+    try:
+        out = "".join(srv.output)
+        assert "moving small message files into blobs.db: 297/297" in out
+        assert "moved 297 message bodies into blobs.db" in out
+        monkeypatch.setattr(poplib, "_MAXLINE", 1 << 20)  # these bodies are one long line each
+        pop = poplib.POP3_SSL("127.0.0.1", srv.port("pop3s"), timeout=10, context=client_tls())
+        pop.user("bob@example.com")
+        pop.pass_("secret pw")
+        assert pop.stat()[0] == 300
+        for i in (1, 2, 101, 300):
+            _, lines, _ = pop.retr(i)
+            assert b"\r\n".join(lines) == bodies[i - 1]  # (these bodies end without CRLF)
+        pop.quit()
+    finally:
+        assert srv.stop() == 0
+    assert _small_files(data) == 0 and (data / "blobs" / MARKER).exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import itertools
 import os
 import time
@@ -131,12 +132,11 @@ class LocalDelivery:
             for_address=recipients[0].address if len(recipients) == 1 else None, when=now,
         )
         data = trace + content
-        meta = parse_meta(data, now)
         tx = self.target.begin()
         for recipient in recipients:
             for mailbox_id in recipient.mailbox_ids:
                 tx.add_mailbox(mailbox_id)
-        tx.body(data, meta)
+        tx.body(data, functools.partial(parse_meta, data, now))  # parsed off the event loop
         # A stuck disk must not hold the session forever: the client gets 451 and retries
         # (SMTP is at-least-once; a late commit then means a duplicate, never a loss).
         try:

@@ -15,6 +15,7 @@ a second export writes only what the first did not).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -67,7 +68,9 @@ async def import_messages(messages: Iterable[FileMessage], *, mailbox: Mailbox,
         tx = target.begin()
         tx.add_mailbox(mailbox.id)
         date = message.internaldate if message.internaldate is not None else now
-        tx.body(message.content, parse_meta(message.content, date), message.flags)
+        # Headers are parsed on the committer's thread, beside this one reading the file.
+        tx.body(message.content, functools.partial(parse_meta, message.content, date),
+                message.flags)
         pending.append(tx.commit())
         report.imported += 1
         if len(pending) >= batch:

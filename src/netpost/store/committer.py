@@ -33,6 +33,7 @@ from netpost.store.interfaces import (
     GarbageReport,
     MessageMeta,
     MetadataBatches,
+    MetaSource,
     StagedBlobs,
     StagingBlobStore,
     StoreError,
@@ -42,7 +43,7 @@ from netpost.store.interfaces import (
 @dataclass
 class _Job:
     data: bytes
-    meta: MessageMeta
+    meta: MetaSource  # a MessageMeta once staged
     mailbox_ids: Sequence[int]
     # The caller's future: on its event loop (`loop` set), or a concurrent one (`loop` None).
     future: asyncio.Future[list[int]] | concurrent.futures.Future[list[int]]
@@ -51,6 +52,13 @@ class _Job:
 
 
 Outcome = tuple[_Job, list[int] | None, BaseException | None]
+
+
+def _meta(job: _Job) -> MessageMeta:
+    meta = job.meta
+    if not isinstance(meta, MessageMeta):
+        meta = job.meta = meta()
+    return meta
 
 
 def _settle(outcomes: list[Outcome]) -> None:
@@ -140,7 +148,7 @@ class GroupCommitter:
         return CommitTransaction(self)
 
     async def deliver(
-        self, data: bytes, meta: MessageMeta, mailbox_ids: Sequence[int],
+        self, data: bytes, meta: MetaSource, mailbox_ids: Sequence[int],
         flags: frozenset[str] = frozenset(),
     ) -> list[int]:
         """Store `data` in each mailbox; return the UIDs once blob and metadata are durable."""
@@ -226,6 +234,8 @@ class GroupCommitter:
     def _stage(self, jobs: list[_Job]) -> None:
         if not jobs:
             return
+        for job in jobs:  # header parsing the caller handed over (a MetaSource), done here
+            _meta(job)
         try:
             staged: StagedBlobs | None = self.blobs.stage_many([job.data for job in jobs])
         except Exception:
@@ -260,7 +270,7 @@ class GroupCommitter:
                 raise StoreError("blob staging failed")
             self.blobs.finish(staged)
             deliveries = [
-                Delivery(ref, job.meta, job.mailbox_ids, job.flags)
+                Delivery(ref, _meta(job), job.mailbox_ids, job.flags)
                 for ref, job in zip(staged.refs, jobs, strict=True)
             ]
             uids = self.store.deliver(deliveries)
@@ -332,14 +342,14 @@ class CommitTransaction:
     def __init__(self, committer: GroupCommitter) -> None:
         self._committer = committer
         self._mailbox_ids: list[int] = []
-        self._body: tuple[bytes, MessageMeta, frozenset[str]] | None = None
+        self._body: tuple[bytes, MetaSource, frozenset[str]] | None = None
         self._done = False
 
     def add_mailbox(self, mailbox_id: int) -> None:
         if mailbox_id not in self._mailbox_ids:  # one copy per mailbox
             self._mailbox_ids.append(mailbox_id)
 
-    def body(self, data: bytes, meta: MessageMeta, flags: frozenset[str] = frozenset()) -> None:
+    def body(self, data: bytes, meta: MetaSource, flags: frozenset[str] = frozenset()) -> None:
         self._body = (data, meta, flags)
 
     async def commit(self) -> list[int]:

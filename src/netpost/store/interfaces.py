@@ -131,6 +131,10 @@ class MessageRow:
     has_dot_lines: bool
 
 
+# What was parsed of a message, or a function that parses it: the group committer calls it on
+# its own thread, so that header parsing does not take the event loop's time.
+MetaSource = MessageMeta | Callable[[], MessageMeta]
+
 # A POP3 maildrop entry, lean: (uid, size, blob sha256, has_dot_lines), in UID order.
 MaildropRow = tuple[int, int, str, int]
 
@@ -239,8 +243,8 @@ class DeliveryTransaction(Protocol):
     """One message on its way into mailboxes: nothing is visible until `commit` returns."""
 
     def add_mailbox(self, mailbox_id: int) -> None: ...
-    def body(self, data: bytes, meta: MessageMeta, flags: frozenset[str] = frozenset()) -> None:
-        """The content (CRLF line ends) and what was parsed of it."""
+    def body(self, data: bytes, meta: MetaSource, flags: frozenset[str] = frozenset()) -> None:
+        """The content (CRLF line ends) and what was parsed of it (or how to parse it)."""
     async def commit(self) -> list[int]:
         """Make the message durable in every mailbox; the UIDs given, in add_mailbox order."""
     def abort(self) -> None: ...
