@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from netpost.mail.message import parse_meta, to_crlf
 from netpost.store.interfaces import (
@@ -69,6 +70,10 @@ class Mailboxes:
         if ref.size <= INLINE_READ:
             return self.blobs.read(ref)
         return await asyncio.to_thread(self.blobs.read, ref)
+
+    async def open(self, ref: BlobRef) -> BinaryIO:
+        """A message's content for reading in parts (large messages)."""
+        return await asyncio.to_thread(self.blobs.open, ref)
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         return await asyncio.to_thread(self.messages.expunge, mailbox_id, uids)

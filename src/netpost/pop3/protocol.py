@@ -143,6 +143,7 @@ class POP3Connection:
         self._skipping = False  # dropping the rest of an overlong line
         self._awaiting_tls = False  # STLS accepted, transport not yet upgraded
         self._pending: Event | None = None
+        self._part_end = b"\n"  # last octet of the previous message part (begin_message)
         self._errors = 0
         self._user: str | None = None  # USER given, PASS expected
         self._sasl: SASLExchange | None = None
@@ -591,6 +592,45 @@ class POP3Connection:
         if content:
             out.append(content)
         out.append(_TERMINATOR)
+
+    def begin_message(self, size: int) -> bool:
+        """Start answering the pending RETR with a message too large to hold in memory: then
+        `message_part` for each piece in order, and `end_message`.  The content must be CRLF
+        throughout (as stored).  False, and nothing queued, when no RETR is pending (TOP
+        answers with `send_message`)."""
+        event = self._pending
+        if not isinstance(event, Retrieve) or event.lines is not None:
+            return False
+        if self._take(Retrieve) is None:
+            return False
+        status = b"+OK %d octets\r\n" % size
+        if self._trace is not None:
+            self._trace("S", status[:-2].decode("ascii"))
+            self._trace("S", f"<message: {size} octets>")
+        self._out.append(status)
+        self._part_end = b"\n"  # the message starts at a line start
+        return True
+
+    def message_part(self, data: bytes, *, dot_lines: bool = True) -> None:
+        """One piece of the message begun with `begin_message` (byte-stuffed here, RFC 1939
+        3, also where a CRLF or a line's "." falls on the boundary between two pieces)."""
+        if not data:
+            return
+        out = self._out
+        if dot_lines:
+            if self._part_end == b"\n" and data.startswith(b"."):
+                out.append(b".")
+            elif self._part_end == b"\r" and data.startswith(b"\n."):
+                out.append(b"\n.")
+                data = data[1:]
+            data = data.replace(b"\r\n.", b"\r\n..")
+        out.append(data)
+        self._part_end = data[-1:]
+
+    def end_message(self) -> None:
+        if self._part_end != b"\n":
+            self._out.append(_CRLF)
+        self._out.append(_TERMINATOR)
 
     def send_error(self, text: str) -> None:
         if self._take(Retrieve) is None:
