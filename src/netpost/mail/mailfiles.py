@@ -105,11 +105,12 @@ def _next_separator(data: bytes | mmap.mmap, pos: int) -> int:
 
 def _header_end(data: bytes) -> int:
     """Offset of the blank line that ends the header section (len(data) if none)."""
-    lf = data.find(b"\n\n")
-    crlf = data.find(b"\r\n\r\n", 0, lf if lf >= 0 else len(data))
-    if crlf >= 0:
-        return crlf
-    return lf if lf >= 0 else len(data)
+    crlf = data.find(b"\r\n\r\n")
+    # A bare-LF blank line can only matter before the first CRLF one (a bounded search).
+    lf = data.find(b"\n\n", 0, crlf if crlf >= 0 else len(data))
+    if lf >= 0:
+        return lf
+    return crlf if crlf >= 0 else len(data)
 
 
 _LOCAL_FIELD = re.compile(

@@ -4,8 +4,8 @@ Import is resumable and never makes a duplicate: a message whose content (its sh
 mbox's own fields are taken off and line ends made CRLF) is already in the target mailbox is
 skipped, so running the same import again, or after a crash, adds only what is missing.  A
 message that appears twice in the same file is imported once.  Messages are committed through
-the group committer in batches, with two batches in flight, so a crash loses at most what was
-not yet committed and the next run picks it up.
+the group committer in batches of 1,000, with two batches in flight, so a crash loses at most
+what was not yet committed and the next run picks it up.
 
 Export writes mbox (mboxrd, flags in Status/X-Status/X-Keywords; to a temporary file renamed
 at the end) or Maildir (one file per message with a name derived from UIDVALIDITY and UID, so
@@ -31,7 +31,7 @@ from netpost.mail.mailfiles import (
 from netpost.mail.message import parse_meta
 from netpost.store.interfaces import BlobStore, DeliveryTarget, Mailbox, Messages, blob_ref
 
-BATCH = 500
+BATCH = 1000
 IN_FLIGHT = 2
 
 
