@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 import io
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
-from netpost.store.interfaces import BlobRef, StagedBlobs, StoreError, blob_ref
+from netpost.store.interfaces import BlobRef, StagedBlobs, blob_ref
+from netpost.store.sqlitedb import DURABLE, ThreadConnections
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bodies (
@@ -40,44 +40,17 @@ class SQLiteBlobStore:
 
     def __init__(self, path: str, *, busy_timeout_ms: int = 10_000) -> None:
         self.path = path
-        self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        self._closed = False
+        # Free pages go back to the file system on `reclaim`.  Only a new, empty database
+        # takes auto_vacuum, and only before journal_mode = WAL writes its first page.
+        self._db = ThreadConnections(path, ("PRAGMA auto_vacuum = INCREMENTAL", *DURABLE),
+                                     what="blob store", busy_timeout_ms=busy_timeout_ms)
         self._conn().execute(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        if self._closed:
-            raise StoreError("the blob store is closed")
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=self._busy_timeout_ms / 1000)
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        # Free pages go back to the file system on `reclaim`.  Only a new, empty database
-        # takes this, and only before journal_mode = WAL writes its first page.
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        self._local.conn = conn
-        with self._lock:
-            self._connections.append(conn)
-        return conn
+        return self._db.get()
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
+    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._db.write()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -175,12 +148,7 @@ class SQLiteBlobStore:
         return int(pages * conn.execute("PRAGMA page_size").fetchone()[0])
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
-        self._local = threading.local()
+        self._db.close()
 
 
 class _MemoryWriter:

@@ -3,9 +3,8 @@
 It implements the roles Domains, Accounts, Aliases, MailboxCatalogue, Messages, ChangeLog
 and MetadataBatches (`netpost.store.interfaces`); callers see only those roles.
 
-WAL mode with ``synchronous=FULL``: a committed transaction is on disk.  One connection per
-thread; every write is one ``BEGIN IMMEDIATE`` transaction so writers queue on the lock (with
-``busy_timeout``) instead of failing on upgrade.  The schema is versioned with
+WAL mode with ``synchronous=FULL``: a committed transaction is on disk (connections and write
+transactions: `netpost.store.sqlitedb`).  The schema is versioned with
 ``PRAGMA user_version`` and created or migrated when the store is opened.
 
 Message header fields are parsed once at delivery and kept as JSON beside the message.  Blob
@@ -25,8 +24,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from netpost.mail import address as names
@@ -45,6 +43,7 @@ from netpost.store.interfaces import (
     MessageRow,
     StoreError,
 )
+from netpost.store.sqlitedb import DURABLE, ThreadConnections
 
 SCHEMA_VERSION = 2
 
@@ -190,11 +189,8 @@ class SQLiteStore:
 
     def __init__(self, path: str, *, busy_timeout_ms: int = 10_000) -> None:
         self.path = path
-        self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        self._closed = False
+        self._db = ThreadConnections(path, (*DURABLE, "PRAGMA foreign_keys = ON"),
+                                     what="store", busy_timeout_ms=busy_timeout_ms)
         self._publish: Callable[[Sequence[Change]], None] | None = None
         self._publish_lock = threading.Lock()
         self._migrate()
@@ -206,49 +202,25 @@ class SQLiteStore:
     # -- connections and transactions -------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        if self._closed:
-            raise StoreError("the store is closed")
-        conn = sqlite3.connect(
-            self.path,
-            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-            check_same_thread=False,  # only so close() can close every thread's connection
-            timeout=self._busy_timeout_ms / 1000,
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        self._local.conn = conn
-        with self._lock:
-            self._connections.append(conn)
-        return conn
+        return self._db.get()
 
-    @contextmanager
-    def _write(self, changes: list[Change] | None = None) -> Iterator[sqlite3.Connection]:
-        """One write transaction; the write lock is taken up front (BEGIN IMMEDIATE).  The
-        entries the body appends to `changes` are published once it is committed."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            if changes and self._publish is not None:
-                # Writers are serialised by SQLite's lock until COMMIT; holding this one from
-                # COMMIT to the end of publish keeps the publish order the commit order.
-                with self._publish_lock:
-                    conn.execute("COMMIT")
-                    self._publish(changes)
-            else:
+    def _write(self, changes: list[Change] | None = None
+               ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE).  The entries the body appends to `changes`
+        are published once it is committed."""
+        publish = self._publish
+        if changes is None or publish is None:
+            return self._db.write()
+
+        def commit(conn: sqlite3.Connection) -> None:
+            # Writers are serialised by SQLite's lock until COMMIT; holding this one from
+            # COMMIT to the end of publish keeps the publish order the commit order.
+            with self._publish_lock:
                 conn.execute("COMMIT")
-        except BaseException:
-            # After a failed COMMIT SQLite may already have rolled back (SQLITE_FULL, IOERR):
-            # never leave this thread's connection inside a transaction, never mask the error.
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
+                if changes:
+                    publish(changes)
+
+        return self._db.write(commit)
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -265,12 +237,7 @@ class SQLiteStore:
                 conn.execute(f"PRAGMA user_version = {v}")
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
-        self._local = threading.local()
+        self._db.close()
 
     # -- domains -----------------------------------------------------------------------------
 
