@@ -210,14 +210,14 @@ class ProgressBar:
     def __call__(self, done: int, total: int) -> None:
         percent = 100 * done // total if total else 100
         if self.tty:
-            if percent != self.last or done == total:
+            if percent != self.last or (done == total and self.last != 100):
                 filled = percent * 30 // 100
                 sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
                                  f"{percent:3d}%  {done}/{total}")
                 if done >= total:
                     sys.stderr.write("\n")
                 sys.stderr.flush()
-        elif percent // 10 != self.last // 10 or done == total:
+        elif percent // 10 != self.last // 10 or (done == total and self.last != 100):
             print(f"{self.label}: {done}/{total} ({percent}%)", file=sys.stderr, flush=True)
         self.last = percent
 
