@@ -215,7 +215,7 @@ def test_maintenance_commands_and_the_server_lock(tmp_path: Path) -> None:
     finally:
         assert srv.stop() == 0
     r = run_cli(data, "check")
-    assert r.returncode == 0 and "checked 1 message bodies" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "checked 1 message body" in r.stdout, r.stdout + r.stderr
     r = run_cli(data, "gc")
     assert r.returncode == 0 and r.stdout.startswith("removed 0 unreferenced"), r.stdout
     r = run_cli(data, "migrate")

@@ -117,3 +117,40 @@ def test_sigkill_during_import_then_rerun_gives_each_message_once(tmp_path: Path
     assert f"{20_000 - partial} messages" in r.stdout and f"{partial} were there" in r.stdout
     inbox = mailbox(data, "INBOX")
     assert len(inbox) == 20_000 and len({c for c, _, _ in inbox}) == 20_000
+
+
+def test_files_agree_with_an_independent_reader_and_writer(tmp_path: Path) -> None:
+    """Python's own `mailbox` module (not ours) reads what export writes and writes what
+    import reads, flags included."""
+    import mailbox as stdlib_mailbox
+
+    data = setup_data(tmp_path)
+    # A Maildir written by the standard library, with flags, imported.
+    md = stdlib_mailbox.Maildir(str(tmp_path / "std-maildir"), create=True)
+    for i, flags in enumerate(("", "S", "RS", "F", "DT")):
+        msg = stdlib_mailbox.MaildirMessage(f"Subject: std {i}\n\nbody {i}\n")
+        msg.set_subdir("cur")
+        msg.set_flags(flags)
+        md.add(msg)
+    r = run_cli(data, "import", str(tmp_path / "std-maildir"), "--user", USER,
+                "--mailbox", "Std")
+    assert "imported 5 messages" in r.stdout, r.stdout + r.stderr
+    got = {c.split(b"\r\n")[0].decode(): f for c, f, _ in mailbox(data, "Std")}
+    assert got == {"Subject: std 0": frozenset(), "Subject: std 1": {"\\Seen"},
+                   "Subject: std 2": {"\\Answered", "\\Seen"},
+                   "Subject: std 3": {"\\Flagged"}, "Subject: std 4": {"\\Draft", "\\Deleted"}}
+    # Exported as mbox and as a Maildir: the standard library reads both back the same.
+    assert run_cli(data, "export", str(tmp_path / "out.mbox"), "--user", USER,
+                   "--mailbox", "Std").returncode == 0
+    assert run_cli(data, "export", str(tmp_path / "out-md"), "--user", USER, "--mailbox", "Std",
+                   "--format", "maildir").returncode == 0
+    mbox_flags = {m["subject"]: set(m.get_flags()) for m in
+                  stdlib_mailbox.mbox(str(tmp_path / "out.mbox"))}
+    assert mbox_flags == {"std 0": {"O"}, "std 1": {"R", "O"}, "std 2": {"R", "O", "A"},
+                          "std 3": {"O", "F"}, "std 4": {"O", "D", "T"}}
+    md_flags = {m["subject"]: m.get_flags() for m in
+                stdlib_mailbox.Maildir(str(tmp_path / "out-md"), create=False)}
+    assert md_flags == {"std 0": "", "std 1": "S", "std 2": "RS", "std 3": "F", "std 4": "DT"}
+    bodies = {m["subject"]: m.get_payload() for m in
+              stdlib_mailbox.mbox(str(tmp_path / "out.mbox"))}
+    assert bodies["std 3"] == "body 3\n"

@@ -45,7 +45,7 @@ class CheckReport:
                 + len(self.orphans))
 
     def lines(self) -> list[str]:
-        out = [f"checked {self.bodies} message bodies"]
+        out = [f"checked {self.bodies} message {'body' if self.bodies == 1 else 'bodies'}"]
         fixed = " (repaired)" if self.repaired else ""
         if self.refcounts_wrong:
             out.append(f"{len(self.refcounts_wrong)} reference counts were wrong{fixed}")
