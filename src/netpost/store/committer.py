@@ -6,7 +6,10 @@ A transaction's commit (or `deliver`) queues the message; a writer thread takes 
 queued while the previous batch was being committed, writes the batch's blobs (`stage_many`:
 files fsync'd in parallel, each directory once), appends all the metadata in one SQLite
 transaction, and only then resolves each caller's future on its own event loop.  The blob
-half and the metadata half run as a two-stage pipeline (see `_run`).  A caller that
+half and the metadata half can run as a two-stage pipeline (`pipeline=True`, see `_run`):
+it overlapped one batch's file fsyncs with the next one's, which paid when every body was a
+file; with small bodies as rows, one thread doing both halves is faster (measured: about 20 %
+more SMTP ingest; three Python threads handing batches over fought for the GIL).  A caller that
 gets UIDs back holds a durable message ("accepted means durable"); a caller that gets an
 exception must answer with a temporary failure (SMTP 451).
 
@@ -114,7 +117,7 @@ class GroupCommitter:
         blobs: StagingBlobStore,
         *,
         max_batch: int = 1000,
-        pipeline: bool = True,
+        pipeline: bool = False,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
@@ -200,10 +203,10 @@ class GroupCommitter:
 
     # -- writer threads ----------------------------------------------------------------------
     #
-    # A two-stage pipeline.  The staging thread takes everything queued and writes the batch's
-    # files (fsync'd, renamed); the commit thread fsyncs their directories, commits the
-    # metadata in one transaction and resolves the callers.  So batch N+1's file fsyncs
-    # overlap batch N's directory fsyncs and SQLite commit.
+    # The writer thread takes everything queued and stages the batch's bodies (rows committed,
+    # files fsync'd and renamed), then commits the metadata in one transaction and resolves
+    # the callers.  With `pipeline`, a second thread does the second half, so that batch N+1's
+    # staging overlaps batch N's commit.
 
     def _run(self) -> None:
         try:
@@ -239,10 +242,11 @@ class GroupCommitter:
         try:
             staged: StagedBlobs | None = self.blobs.stage_many([job.data for job in jobs])
         except Exception:
-            staged = None  # the commit thread retries them one by one
-        self._staged.put((jobs, staged))
-        if not self.pipeline:
-            self._staged.join()
+            staged = None  # _commit retries them one by one
+        if self.pipeline:
+            self._staged.put((jobs, staged))
+        else:
+            self._commit(jobs, staged)  # on this thread: no hand-over, no GIL ping-pong
 
     def _run_commits(self) -> None:
         while True:
