@@ -71,6 +71,11 @@ class Mailboxes:
             return self.blobs.read(ref)
         return await asyncio.to_thread(self.blobs.read, ref)
 
+    def read_ahead(self, refs: Sequence[BlobRef]) -> dict[str, bytes]:
+        """Several small messages' content at once (sha256 -> content), on the event loop:
+        for a client that downloads one message after another (one query instead of many)."""
+        return self.blobs.read_many([r for r in refs if r.size <= INLINE_READ])
+
     async def open(self, ref: BlobRef) -> BinaryIO:
         """A message's content for reading in parts (large messages)."""
         return await asyncio.to_thread(self.blobs.open, ref)

@@ -29,6 +29,10 @@ log = logging.getLogger("netpost.pop3")
 FLUSH_AFTER = 4 * 1024 * 1024  # octets of queued replies before waiting for the socket
 STREAM_ABOVE = 4 * 1024 * 1024  # RETR of a larger message is read and sent in parts of
 STREAM_PART = 1024 * 1024
+# Read-ahead for clients that download in order: the next messages up to these bounds.
+READ_AHEAD = 32  # messages
+READ_AHEAD_SIZE = 256 * 1024  # larger messages are read when asked for
+READ_AHEAD_BYTES = 2 * 1024 * 1024  # held at most
 
 
 def refuse_line(reason: str) -> bytes:
@@ -48,6 +52,8 @@ class POP3Session(Session):
         self.auth = auth
         self.mailbox_id: int | None = None
         self.unflushed = 0
+        self.entries: list[MaildropEntry] = []
+        self.ahead: dict[str, bytes] = {}  # contents read ahead, by sha256
 
     def make_engine(self) -> Engine:
         settings = self.settings
@@ -99,10 +105,9 @@ class POP3Session(Session):
         # the tuple is the entry's key, the handle the Retrieve handler gets back.
         # UIDL is UIDVALIDITY.UID (DESIGN.md): stable, and never reused.
         prefix = f"{inbox.uidvalidity}."
-        self.pop.accept_auth([
-            MaildropEntry(row[1], prefix + str(row[0]), row)
-            for row in self.mailboxes.maildrop(inbox)
-        ])
+        self.entries = [MaildropEntry(row[1], prefix + str(row[0]), row)
+                        for row in self.mailboxes.maildrop(inbox)]
+        self.pop.accept_auth(self.entries)
 
     async def retrieve(self, event: Retrieve) -> None:
         key: MaildropRow = event.entry.key  # type: ignore[assignment]  # set in _login
@@ -111,7 +116,13 @@ class POP3Session(Session):
             await self.stream(BlobRef(sha256, size), bool(dot_lines))
             return
         try:
-            content = await self.mailboxes.read(BlobRef(sha256, size))
+            content = self.ahead.pop(sha256, None)
+            if content is None and size <= READ_AHEAD_SIZE:
+                # Most clients fetch every message in order: read the next few in one go.
+                self.read_ahead(event.number)
+                content = self.ahead.pop(sha256, None)
+            if content is None:
+                content = await self.mailboxes.read(BlobRef(sha256, size))
         except OSError:
             log.exception("cannot read message %s", sha256)
             self.pop.send_error("[SYS/TEMP] Message unavailable")
@@ -129,6 +140,17 @@ class POP3Session(Session):
         self.unflushed += size
         if self.unflushed > FLUSH_AFTER:
             await self.flush()
+
+    def read_ahead(self, number: int) -> None:
+        refs: list[BlobRef] = []
+        total = 0
+        for entry in self.entries[number - 1:number - 1 + READ_AHEAD]:
+            row: MaildropRow = entry.key  # type: ignore[assignment]  # set in _login
+            if row[1] > READ_AHEAD_SIZE or total + row[1] > READ_AHEAD_BYTES:
+                break
+            refs.append(BlobRef(row[2], row[1]))
+            total += row[1]
+        self.ahead = self.mailboxes.read_ahead(refs)
 
     async def stream(self, ref: BlobRef, dot_lines: bool) -> None:
         """RETR of a large message: read and send it in parts, never whole in memory."""

@@ -110,6 +110,15 @@ class FileBlobStore:
             os.close(fd)
         return data
 
+    def read_many(self, refs: Sequence[BlobRef]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for ref in refs:
+            try:
+                found[ref.sha256] = self.read(ref)
+            except FileNotFoundError:
+                pass
+        return found
+
     def open(self, ref: BlobRef) -> BinaryIO:
         return open(self.local_path(ref), "rb")  # noqa: SIM115 - the caller closes it
 

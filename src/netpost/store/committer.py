@@ -44,7 +44,6 @@ from netpost.store.interfaces import (
     StoreError,
 )
 
-
 PIPELINE_BATCH = 200  # batches this large go to the commit thread (see _stage)
 
 

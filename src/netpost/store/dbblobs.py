@@ -86,6 +86,18 @@ class SQLiteBlobStore:
             "SELECT data FROM bodies WHERE sha256 = ?", (bytes.fromhex(ref.sha256),)).fetchone()
         return row[0] if row else None  # sqlite3 gives BLOBs as bytes already
 
+    def get_many(self, refs: Sequence[BlobRef]) -> dict[str, bytes]:
+        """sha256 -> content of those of `refs` that are rows (one query per 500)."""
+        conn = self._conn()
+        found: dict[str, bytes] = {}
+        for i in range(0, len(refs), 500):
+            part = [bytes.fromhex(r.sha256) for r in refs[i:i + 500]]
+            marks = ",".join("?" * len(part))
+            for sha, data in conn.execute(
+                    f"SELECT sha256, data FROM bodies WHERE sha256 IN ({marks})", part):
+                found[sha.hex()] = data
+        return found
+
     def read(self, ref: BlobRef) -> bytes:
         data = self.get(ref)
         if data is None:

@@ -269,6 +269,8 @@ class BlobStore(Protocol):
         """Store `data` durably; storing bytes already present is cheap, same ref."""
     def read(self, ref: BlobRef) -> bytes:
         """The whole content (for small blobs; more than ref.size octets if it has more)."""
+    def read_many(self, refs: Sequence[BlobRef]) -> dict[str, bytes]:
+        """sha256 -> content of those of `refs` that exist (a download reads ahead)."""
     def open(self, ref: BlobRef) -> BinaryIO:
         """A file object for streaming reads (IMAP partial FETCH, large RETR)."""
     def local_path(self, ref: BlobRef) -> str | None:
