@@ -15,6 +15,7 @@ from pathlib import Path
 from netpost import __version__
 from netpost.config import ConfigError, load, render_default, set_listen
 from netpost.mail import address as names
+from netpost.progress import ProgressBar
 from netpost.registry import default_registry
 from netpost.store.interfaces import Account, AdminStores, Mailbox, Stores
 
@@ -196,30 +197,6 @@ def cmd_alias(args: argparse.Namespace) -> int:
             aliases.remove_alias(source, target)
             print(f"removed alias {source} -> {target}")
         return 0
-
-
-class ProgressBar:
-    """`label [#####.....]  50%  2500/5000` on a terminal (redrawn in place); on anything else
-    a plain line at every tenth, so logs stay readable."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.tty = sys.stderr.isatty()
-        self.last = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        percent = 100 * done // total if total else 100
-        if self.tty:
-            if percent != self.last or (done == total and self.last != 100):
-                filled = percent * 30 // 100
-                sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
-                                 f"{percent:3d}%  {done}/{total}")
-                if done >= total:
-                    sys.stderr.write("\n")
-                sys.stderr.flush()
-        elif percent // 10 != self.last // 10 or (done == total and self.last != 100):
-            print(f"{self.label}: {done}/{total} ({percent}%)", file=sys.stderr, flush=True)
-        self.last = percent
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from netpost.net.stream import StreamListener
 from netpost.net.tls import ensure_certificate, server_context
 from netpost.net.trace import TraceLog
 from netpost.net.workers import Worker, WorkerPool, periodic
+from netpost.progress import ProgressBar
 from netpost.registry import (
     BuildContext,
     Registry,
@@ -96,15 +97,11 @@ async def migrate_layout(stores: Stores, announce: Callable[[str], None]) -> Non
     if not maintenance.needs_migration():
         return
     loop = asyncio.get_running_loop()
-    shown = [-1]
 
-    def progress(done: int, total: int) -> None:
-        percent = 100 * done // total if total else 100
-        if percent // 10 != shown[0]:
-            shown[0] = percent // 10
-            loop.call_soon_threadsafe(
-                announce, f"moving small message files into blobs.db: {done}/{total}")
+    def line(text: str) -> None:  # from the writer thread: announce on the loop
+        loop.call_soon_threadsafe(announce, text)
 
+    progress = ProgressBar("moving small message files into blobs.db", lines=line)
     report = await asyncio.to_thread(maintenance.migrate, progress)
     await asyncio.sleep(0)  # let the last progress line out first
     announce(f"moved {report.moved} message bodies into blobs.db"

@@ -16,7 +16,6 @@ from netpost.mail.mailfiles import (
     mbox_entry,
     read_maildir,
     read_mbox,
-    to_crlf,
     write_maildir,
 )
 
@@ -86,7 +85,3 @@ def test_maildir(tmp_path: Path) -> None:
     assert maildir_flags("x:2,DRT") == {"\\Draft", "\\Answered", "\\Deleted"}
     assert maildir_flags("x") == frozenset()
 
-
-def test_to_crlf() -> None:
-    assert to_crlf(b"a\r\nb\r\n") == b"a\r\nb\r\n"
-    assert to_crlf(b"a\nb\r\nc") == b"a\r\nb\r\nc"

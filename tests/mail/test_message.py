@@ -96,6 +96,8 @@ def test_has_dot_lines() -> None:
 def test_to_crlf() -> None:
     assert to_crlf(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
     assert to_crlf(b"") == b""
+    assert to_crlf(b"a\r\nb\r\n") == b"a\r\nb\r\n"
+    assert to_crlf(b"a\nb\r\nc") == b"a\r\nb\r\nc"
     assert to_crlf(b"no newline") == b"no newline"
     assert to_crlf(b"a\r\n\r\n") == b"a\r\n\r\n"
 

@@ -118,8 +118,8 @@ actions = st.lists(st.one_of(
 @given(actions)
 def test_put_delete_gc_reclaim_keep_referenced_bodies(tmp_path: Path, program: list[Any]) -> None:
     root = tmp_path / f"p{os.urandom(4).hex()}"
-    meta = SQLiteStore(str(root / "meta.db")) if root.mkdir() is None else None
-    assert meta is not None
+    root.mkdir()
+    meta = SQLiteStore(str(root / "meta.db"))
     blobs = _tiered(root, threshold=3000)
     committer = GroupCommitter(meta, blobs)
     try:
@@ -155,8 +155,8 @@ def test_put_delete_gc_reclaim_keep_referenced_bodies(tmp_path: Path, program: l
 
 def make_old_layout(data: Path, count: int, large_every: int = 0) -> list[bytes]:
     """A data directory as netpost 0.1 wrote it: metadata + one file per body."""
-    meta = SQLiteStore(str(data / "netpost.db")) if data.mkdir(parents=True) is None else None
-    assert meta is not None
+    data.mkdir(parents=True)
+    meta = SQLiteStore(str(data / "netpost.db"))
     files = FileBlobStore(str(data / "blobs"))
     committer = GroupCommitter(meta, files)
     meta.add_domain("example.com")

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from netpost.mail.message import header_end, to_crlf
+
 # Header fields that belong to the mbox file, not to the message.
 _MBOX_LOCAL = (b"status", b"x-status", b"x-keywords", b"x-uid", b"x-imap", b"x-imapbase",
                b"content-length")
@@ -45,12 +47,6 @@ class FileMessage:
     content: bytes  # CRLF line ends, without the mbox's own fields
     flags: frozenset[str]
     internaldate: float | None  # POSIX seconds, None when the file does not say
-
-
-def to_crlf(data: bytes) -> bytes:
-    if data.count(b"\n") == data.count(b"\r\n"):
-        return data  # CRLF throughout already (the common case for mail)
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 # --- mbox ---------------------------------------------------------------------------------------
@@ -101,16 +97,6 @@ def _next_separator(data: bytes | mmap.mmap, pos: int) -> int:
         if before.endswith(b"\n") or before == b"\n\r" or nxt == pos:
             return nxt
         pos = nxt + 1
-
-
-def _header_end(data: bytes) -> int:
-    """Offset of the blank line that ends the header section (len(data) if none)."""
-    crlf = data.find(b"\r\n\r\n")
-    # A bare-LF blank line can only matter before the first CRLF one (a bounded search).
-    lf = data.find(b"\n\n", 0, crlf if crlf >= 0 else len(data))
-    if lf >= 0:
-        return lf
-    return crlf if crlf >= 0 else len(data)
 
 
 _LOCAL_FIELD = re.compile(
@@ -192,7 +178,7 @@ def read_mbox(f: BinaryIO) -> Iterator[tuple[FileMessage, int]]:
             raw = raw[:-1]
         if b">From " in raw:
             raw = _UNQUOTE.sub(rb"\1", raw)
-        end = _header_end(raw)
+        end = header_end(raw)
         head, flags = _mbox_fields(raw[:end])
         rest = raw[end:]
         if not head and end:

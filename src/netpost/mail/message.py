@@ -43,6 +43,13 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
+def header_end(data: bytes) -> int:
+    """Offset of the line end before the blank line that ends the header section (RFC 5322
+    2.1), CRLF or bare LF; len(data) when there is none."""
+    m = _HEADER_END.search(data)
+    return m.start() if m else len(data)
+
+
 def _header_section(data: bytes) -> bytes:
     """The bytes up to and including the blank line ending the header (or a bounded prefix)."""
     head = data[:_MAX_HEADER_BYTES]
@@ -133,4 +140,6 @@ def parse_meta(data: bytes, internaldate: float) -> MessageMeta:
 
 def to_crlf(data: bytes) -> bytes:
     """Turn bare LF line ends into CRLF (CRLF stays as it is); for imports from files."""
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data  # CRLF throughout already (the common case for mail): no copies
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

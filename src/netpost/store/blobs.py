@@ -35,6 +35,17 @@ _HEX = frozenset("0123456789abcdef")
 _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
+def read_each(read: Callable[[BlobRef], bytes], refs: Sequence[BlobRef]) -> dict[str, bytes]:
+    """sha256 -> read(ref) for each of `refs` that exists (`read_many` one at a time)."""
+    found: dict[str, bytes] = {}
+    for ref in refs:
+        try:
+            found[ref.sha256] = read(ref)
+        except FileNotFoundError:
+            pass
+    return found
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -111,13 +122,7 @@ class FileBlobStore:
         return data
 
     def read_many(self, refs: Sequence[BlobRef]) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
-        for ref in refs:
-            try:
-                found[ref.sha256] = self.read(ref)
-            except FileNotFoundError:
-                pass
-        return found
+        return read_each(self.read, refs)
 
     def open(self, ref: BlobRef) -> BinaryIO:
         return open(self.local_path(ref), "rb")  # noqa: SIM115 - the caller closes it

@@ -175,9 +175,7 @@ class GroupCommitter:
         writer thread, between batches.  With `orphans_older_than` (seconds) also delete blobs
         that have no row at all and are at least that old: left by a crash between writing
         a body and committing its message (this scans every blob)."""
-        task = _Task(lambda: self._collect_garbage(orphans_older_than))
-        self._enqueue(task)
-        result = task.future.result()
+        result = self.run_exclusive(lambda: self._collect_garbage(orphans_older_than))
         assert isinstance(result, GarbageReport)
         return result
 

@@ -534,16 +534,6 @@ class SQLiteStore:
     # -- messages ----------------------------------------------------------------------------
 
     @staticmethod
-    def _change(conn: sqlite3.Connection, account_id: int, modseq: int, mailbox_id: int,
-                uid: int, kind: ChangeKind) -> Change:
-        cur = conn.execute(
-            "INSERT INTO changes (account_id, modseq, mailbox_id, uid, kind) VALUES (?,?,?,?,?)",
-            (account_id, modseq, mailbox_id, uid, kind),
-        )
-        assert cur.lastrowid is not None
-        return Change(cur.lastrowid, account_id, mailbox_id, uid, modseq, kind)
-
-    @staticmethod
     def _bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> tuple[int, int]:
         """A new MODSEQ for the mailbox: (modseq, account id)."""
         row = conn.execute(
@@ -731,13 +721,13 @@ class SQLiteStore:
             if not updates:
                 return FlagUpdate(changed, failed)
             modseq, account_id = self._bump_modseq(conn, mailbox_id)
-            for uid, new in updates:
-                conn.execute(
-                    "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
-                    (_flags_text(new), modseq, mailbox_id, uid),
-                )
-                changes.append(self._change(conn, account_id, modseq, mailbox_id, uid, "flags"))
-                changed.append((uid, new, modseq))
+            conn.executemany(
+                "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                [(_flags_text(new), modseq, mailbox_id, uid) for uid, new in updates],
+            )
+            changes.extend(self._changes(
+                conn, [(account_id, modseq, mailbox_id, uid) for uid, _ in updates], "flags"))
+            changed.extend((uid, new, modseq) for uid, new in updates)
         return FlagUpdate(changed, failed)
 
     def _copy(self, conn: sqlite3.Connection, changes: list[Change], source_id: int,
@@ -749,6 +739,7 @@ class SQLiteStore:
         if conn.execute("SELECT 1 FROM mailboxes WHERE id = ?", (target_id,)).fetchone() is None:
             raise StoreError(f"no mailbox with id {target_id}")
         pairs: list[tuple[int, int]] = []
+        feed: list[tuple[int, int, int, int]] = []
         for uid, sha, size, internaldate, flags, dots, headers in rows:
             new_uid, modseq, account_id = conn.execute(
                 "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 "
@@ -761,8 +752,9 @@ class SQLiteStore:
                 (target_id, new_uid, sha, size, internaldate, modseq, flags, dots, headers),
             )
             conn.execute("UPDATE blobs SET refcount = refcount + 1 WHERE sha256 = ?", (sha,))
-            changes.append(self._change(conn, account_id, modseq, target_id, new_uid, "append"))
+            feed.append((account_id, modseq, target_id, new_uid))
             pairs.append((uid, new_uid))
+        changes.extend(self._changes(conn, feed, "append"))
         return pairs
 
     def copy(self, source_id: int, uids: Sequence[int], target_id: int) -> list[tuple[int, int]]:
@@ -795,8 +787,8 @@ class SQLiteStore:
             "UPDATE blobs SET refcount = refcount - 1 WHERE sha256 = ?",
             [(sha,) for _, sha in present],
         )
-        for uid, _ in present:
-            changes.append(self._change(conn, account_id, modseq, mailbox_id, uid, "expunge"))
+        changes.extend(self._changes(
+            conn, [(account_id, modseq, mailbox_id, uid) for uid, _ in present], "expunge"))
         return [uid for uid, _ in present]
 
     def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:

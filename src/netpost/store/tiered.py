@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
-from netpost.store.blobs import FileBlobStore, FileBlobWriter
+from netpost.store.blobs import FileBlobStore, FileBlobWriter, read_each
 from netpost.store.dbblobs import SQLiteBlobStore
 from netpost.store.interfaces import BlobRef, StagedBlobs
 
@@ -73,12 +73,7 @@ class TieredBlobStore:
     def read_many(self, refs: Sequence[BlobRef]) -> dict[str, bytes]:
         """sha256 -> content of every one of `refs` that exists (small ones in one query)."""
         found = self.small.get_many([r for r in refs if r.size <= self.threshold])
-        for ref in refs:
-            if ref.sha256 not in found:
-                try:
-                    found[ref.sha256] = self.read(ref)
-                except FileNotFoundError:
-                    pass
+        found.update(read_each(self.read, [r for r in refs if r.sha256 not in found]))
         return found
 
     def open(self, ref: BlobRef) -> BinaryIO:
