@@ -1,22 +1,30 @@
 #!/bin/sh
 # Install the third-party clients the interop tests drive (Debian packages). As root this
 # installs them; otherwise it only says what is missing (the tests then fail naming the tool).
+# Also the build dependencies of Dovecot's imaptest, which tests/interop/imaptest_tool.py builds
+# from shared/tools/ into ~/.cache/netpost-tools (imaptest itself is not packaged in Debian).
 set -eu
-PACKAGES="swaks libnet-ssleay-perl curl msmtp mutt fetchmail getmail6 mpop openssl"
-TOOLS="swaks curl msmtp mutt fetchmail getmail mpop openssl"
+CLIENTS="swaks libnet-ssleay-perl curl msmtp mutt neomutt isync offlineimap3 fetchmail getmail6 mpop openssl"
+IMAPTEST_BUILD="dovecot-dev build-essential autoconf automake libtool pkg-config libssl-dev zlib1g-dev"
+PACKAGES="$CLIENTS $IMAPTEST_BUILD"
+TOOLS="swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl"
+BUILD_TOOLS="autoreconf automake libtoolize pkg-config make cc"
 missing=""
-for t in $TOOLS; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
+for t in $TOOLS $BUILD_TOOLS; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
 # swaks needs Net::SSLeay for --tls (a Recommends, not a Depends, of the swaks package).
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing="$missing libnet-ssleay-perl"
+# imaptest is configured with --with-dovecot=/usr/lib/dovecot and compiles against its headers.
+[ -f /usr/lib/dovecot/dovecot-config ] && [ -f /usr/include/dovecot/imap-parser.h ] \
+    || missing="$missing dovecot-dev"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing interop clients:$missing"
+    echo "installing interop clients and imaptest build deps:$missing"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null
 else
-    echo "missing interop clients:$missing"
+    echo "missing interop clients / imaptest build deps:$missing"
     echo "  install them with: sudo apt-get install $PACKAGES"
     echo "  (the interop tests fail until they are installed)"
 fi

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-LISTENER_NAMES = ("smtp", "submission", "submissions", "pop3", "pop3s")
+LISTENER_NAMES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
 DOMAIN = "example.test"
 PASSWORD = "correct horse battery"
 

@@ -75,10 +75,10 @@ def test_init_writes_every_default(tmp_path: Path) -> None:
     ({"limits": {"max_msg": 1}}, "unknown key limits.max_msg"),
     ({"smtp": {"max_recipients": "many"}}, "smtp.max_recipients"),
     ({"pop3": {"idle": 1}}, "unknown key pop3.idle"),
-    ({"imap": {}}, "unknown section [imap]"),
+    ({"gopher": {}}, "unknown section [gopher]"),
     ({"nope": {}}, "unknown section [nope]"),
     ({"listen": {"smtp": "localhost"}}, "listen.smtp"),
-    ({"listen": {"imap": ":143"}}, "unknown listener"),
+    ({"listen": {"gopher": ":70"}}, "unknown listener"),
     ({"tls": {"certificate": "x.pem"}}, "set both certificate and key"),
     ({"auth": {"allow_plaintext": "yes"}}, "auth.allow_plaintext"),
 ])
@@ -108,7 +108,8 @@ def test_serve_prints_listeners_demo_account_and_stops_on_sigterm(tmp_path: Path
     srv = start_server(tmp_path / "d", config="")
     try:
         text = "".join(srv.output)
-        assert set(srv.ports) == {"smtp", "submission", "submissions", "pop3", "pop3s"}
+        assert set(srv.ports) == {"smtp", "submission", "submissions", "pop3", "pop3s", "imap",
+                                  "imaps"}
         assert "demo account: demo@netpost.test  password: " in text
         password = (srv.data / "demo-password").read_text().strip()
         assert password in text

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 BUILTIN: tuple[str, ...] = (
     "netpost.smtp.service",
     "netpost.pop3.service",
+    "netpost.imap.service",
 )
 
 T = TypeVar("T")

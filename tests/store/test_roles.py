@@ -161,11 +161,15 @@ def test_schema_v1_is_migrated(tmp_path: Path) -> None:
             modseq INTEGER NOT NULL, mailbox_id INTEGER NOT NULL, uid INTEGER NOT NULL,
             kind TEXT NOT NULL);
         INSERT INTO changes VALUES (7, 1, 2, 1, 1, 'append');
+        ALTER TABLE mailboxes DROP COLUMN recent_uid;
+        ALTER TABLE accounts DROP COLUMN quota;
+        DROP TABLE subscriptions;
         PRAGMA user_version = 1;
     """)
     conn.close()
     s = SQLiteStore(path)
     assert [c.id for c in s.changes_since(1)] == [7]
+    assert "INBOX" in s.subscriptions(1)  # v3 keeps the subscriptions the mailboxes had
     sql = sqlite3.connect(path).execute(
         "SELECT sql FROM sqlite_master WHERE name = 'changes'").fetchone()[0]
     assert "AUTOINCREMENT" in sql

@@ -135,6 +135,10 @@ class MessageRow:
 # its own thread, so that header parsing does not take the event loop's time.
 MetaSource = MessageMeta | Callable[[], MessageMeta]
 
+# A message as a selected IMAP mailbox holds it: (uid, size, internaldate, modseq, flags text,
+# blob sha256).
+MessageState = tuple[int, int, float, int, str, str]
+
 # A POP3 maildrop entry, lean: (uid, size, blob sha256, has_dot_lines), in UID order.
 MaildropRow = tuple[int, int, str, int]
 
@@ -194,6 +198,8 @@ class Accounts(Protocol):
     def list_accounts(self) -> list[Account]: ...
     def get_account(self, address: str) -> Account | None: ...
     def set_password_hash(self, address: str, password_hash: str) -> None: ...
+    def set_account_quota(self, address: str, octets: int | None) -> None:
+        """The account's storage limit (RFC 9208 STORAGE), None for the server's default."""
 
 
 class Aliases(Protocol):
@@ -217,7 +223,9 @@ class MailboxCatalogue(Protocol):
         """Rename `old` and its inferiors (`old/...` become `new/...`); UIDs are kept."""
     def delete_mailbox(self, account_id: int, name: str) -> None:
         """Remove the mailbox and its messages (INBOX cannot be deleted)."""
-    def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+    def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        """Subscribe to a name or not; the name need not exist (RFC 9051 6.3.7)."""
+    def subscriptions(self, account_id: int) -> list[str]: ...
 
 
 class Messages(Protocol):
@@ -237,6 +245,25 @@ class Messages(Protocol):
         """Copy, then expunge from the source, in one transaction (RFC 6851)."""
     def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         """Remove these messages (those still present); return the UIDs removed."""
+
+    # What IMAP sessions read (lean rows: a selected mailbox may hold 100,000 messages).
+    def states(self, mailbox_id: int, after_uid: int = 0) -> list[MessageState]:
+        """(uid, size, internaldate, modseq, flags text, sha256) above `after_uid`, UID order."""
+    def flag_states(self, mailbox_id: int, uids: Sequence[int]) -> list[tuple[int, str, int]]:
+        """(uid, flags text, modseq) of those of these messages that exist."""
+    def header_texts(self, mailbox_id: int, name: str) -> list[tuple[int, str]]:
+        """(uid, decoded text) of a header field kept at delivery (MessageMeta.headers)."""
+    def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
+        """UIDs expunged with a MODSEQ above `modseq` (RFC 7162 VANISHED)."""
+    def mailbox_counts(self, mailbox_id: int) -> tuple[int, int, int, int]:
+        """(messages, unseen, octets, deleted)."""
+    def claim_recent(self, mailbox_id: int) -> int:
+        """Claim unseen-by-any-session messages as \\Recent: the highest UID claimed before."""
+    def recent_mark(self, mailbox_id: int) -> int: ...
+    def account_usage(self, account_id: int) -> tuple[int, int]:
+        """(octets, messages) in all of the account's mailboxes."""
+    def account_quota(self, account_id: int) -> int | None:
+        """The account's storage limit in octets, None for the server's default."""
 
 
 class DeliveryTransaction(Protocol):

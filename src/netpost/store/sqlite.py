@@ -41,11 +41,12 @@ from netpost.store.interfaces import (
     Mailbox,
     MaildropRow,
     MessageRow,
+    MessageState,
     StoreError,
 )
 from netpost.store.sqlitedb import DURABLE, ThreadConnections
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (
@@ -133,8 +134,24 @@ CREATE INDEX changes_account ON changes(account_id, id);
 CREATE INDEX changes_mailbox ON changes(mailbox_id);
 """
 
+# v3: IMAP. \Recent belongs to the first session that sees a message (RFC 3501 2.3.2):
+# recent_uid is the highest UID some session has claimed.  A storage quota per account
+# (RFC 9208; NULL: the server's default).
+_SCHEMA_V3 = """
+ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN quota INTEGER;
+CREATE INDEX changes_mailbox_expunge ON changes(mailbox_id, modseq) WHERE kind = 'expunge';
+CREATE TABLE subscriptions (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+INSERT INTO subscriptions (account_id, name)
+    SELECT account_id, name FROM mailboxes WHERE subscribed = 1;
+"""
+
 # version -> the script that brings version - 1 to it
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 _MESSAGE_COLUMNS = "m.mailbox_id, m.uid, m.sha256, b.size, m.size, m.internaldate, m.modseq, \
 m.flags, m.has_dot_lines"
@@ -306,6 +323,8 @@ class SQLiteStore:
             assert account_id is not None
             for name, special_use in DEFAULT_MAILBOXES:
                 self._create_mailbox(conn, account_id, name, special_use)
+                conn.execute("INSERT INTO subscriptions (account_id, name) VALUES (?, ?)",
+                             (account_id, name))
         return Account(account_id, a, password_hash)
 
     def remove_account(self, address: str) -> None:
@@ -466,6 +485,10 @@ class SQLiteStore:
                     raise StoreError(f"mailbox {target} already exists")
             for mailbox_id, target in renames:
                 conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (target, mailbox_id))
+            # Subscriptions follow the mailboxes they name (what Dovecot does).
+            for _, name in rows:
+                conn.execute("UPDATE OR IGNORE subscriptions SET name = ? WHERE account_id = ? "
+                             "AND name = ?", (new + name[len(old):], account_id, name))
 
     def delete_mailbox(self, account_id: int, name: str) -> None:
         name = _checked_mailbox_name(name)
@@ -487,17 +510,24 @@ class SQLiteStore:
             conn.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))  # cascades
 
     def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        """Subscribe to a name or not; the name need not exist (RFC 9051 6.3.7)."""
         name = _checked_mailbox_name(name)
         with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?",
-                (int(subscribed), account_id, name),
-            )
-            if cur.rowcount == 0:
-                raise StoreError(f"no mailbox {name}")
+            if subscribed:
+                conn.execute("INSERT OR IGNORE INTO subscriptions (account_id, name) "
+                             "VALUES (?, ?)", (account_id, name))
+            else:
+                conn.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?",
+                             (account_id, name))
+
+    def subscriptions(self, account_id: int) -> list[str]:
+        rows = self._conn().execute(
+            "SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name", (account_id,))
+        return [r[0] for r in rows]
 
     _MAILBOX_COLUMNS = ("id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, "
-                        "subscribed")
+                        "EXISTS (SELECT 1 FROM subscriptions s WHERE s.account_id = "
+                        "mailboxes.account_id AND s.name = mailboxes.name)")
 
     @staticmethod
     def _mailbox(row: tuple[Any, ...]) -> Mailbox:
@@ -797,6 +827,90 @@ class SQLiteStore:
         changes: list[Change] = []
         with self._write(changes) as conn:
             return self._expunge(conn, changes, mailbox_id, uids)
+
+    # -- what IMAP sessions read --------------------------------------------------------------
+
+    def claim_recent(self, mailbox_id: int) -> int:
+        """Claim the messages no session has seen as \\Recent yet: returns the highest UID
+        claimed before (messages above it are recent for the caller)."""
+        with self._write() as conn:
+            row = conn.execute("SELECT recent_uid, uidnext FROM mailboxes WHERE id = ?",
+                               (mailbox_id,)).fetchone()
+            if row is None:
+                return 0
+            if row[1] - 1 > row[0]:
+                conn.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?",
+                             (row[1] - 1, mailbox_id))
+        return int(row[0])
+
+    def recent_mark(self, mailbox_id: int) -> int:
+        row = self._conn().execute("SELECT recent_uid FROM mailboxes WHERE id = ?",
+                                   (mailbox_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def states(self, mailbox_id: int, after_uid: int = 0) -> list[MessageState]:
+        """(uid, size, internaldate, modseq, flags text, sha256) of the messages with a UID
+        above `after_uid`, UID order: what a selected mailbox holds (lean rows)."""
+        return self._conn().execute(
+            "SELECT uid, size, internaldate, modseq, flags, sha256 FROM messages "
+            "WHERE mailbox_id = ? AND uid > ? ORDER BY uid", (mailbox_id, after_uid)).fetchall()
+
+    def flag_states(self, mailbox_id: int, uids: Sequence[int]) -> list[tuple[int, str, int]]:
+        """(uid, flags text, modseq) of those of these messages that exist."""
+        conn = self._conn()
+        out: list[tuple[int, str, int]] = []
+        ordered = sorted(set(uids))
+        for i in range(0, len(ordered), 500):
+            part = ordered[i:i + 500]
+            marks = ",".join("?" * len(part))
+            out.extend(conn.execute(
+                f"SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? AND uid IN "
+                f"({marks})", (mailbox_id, *part)).fetchall())
+        return out
+
+    def header_texts(self, mailbox_id: int, name: str) -> list[tuple[int, str]]:
+        """(uid, decoded text) of one header field kept at delivery, for every message that
+        has it (SEARCH, SORT and THREAD read these instead of the messages)."""
+        path = '$."' + name.replace('"', "") + '"'
+        return self._conn().execute(
+            "SELECT uid, json_extract(headers, ?) FROM messages WHERE mailbox_id = ? AND "
+            "json_extract(headers, ?) IS NOT NULL", (path, mailbox_id, path)).fetchall()
+
+    def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
+        """UIDs expunged from the mailbox with a MODSEQ above `modseq` (QRESYNC VANISHED)."""
+        rows = self._conn().execute(
+            "SELECT DISTINCT uid FROM changes WHERE mailbox_id = ? AND kind = 'expunge' AND "
+            "modseq > ? ORDER BY uid", (mailbox_id, modseq))
+        return [r[0] for r in rows]
+
+    def mailbox_counts(self, mailbox_id: int) -> tuple[int, int, int, int]:
+        """(messages, unseen, octets, deleted) of a mailbox (STATUS)."""
+        row = self._conn().execute(
+            "SELECT count(*), "
+            "coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0), "
+            "coalesce(sum(size), 0), "
+            "coalesce(sum(instr(' ' || flags || ' ', ' \\Deleted ') > 0), 0) "
+            "FROM messages WHERE mailbox_id = ?", (mailbox_id,)).fetchone()
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+    def account_usage(self, account_id: int) -> tuple[int, int]:
+        """(octets, messages) stored in all of an account's mailboxes (QUOTA)."""
+        row = self._conn().execute(
+            "SELECT coalesce(sum(m.size), 0), count(*) FROM messages m JOIN mailboxes x ON "
+            "x.id = m.mailbox_id WHERE x.account_id = ?", (account_id,)).fetchone()
+        return int(row[0]), int(row[1])
+
+    def account_quota(self, account_id: int) -> int | None:
+        row = self._conn().execute("SELECT quota FROM accounts WHERE id = ?",
+                                   (account_id,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def set_account_quota(self, address: str, octets: int | None) -> None:
+        with self._write() as conn:
+            cur = conn.execute("UPDATE accounts SET quota = ? WHERE address = ?",
+                               (octets, address.lower()))
+            if cur.rowcount == 0:
+                raise StoreError(f"no account {address}")
 
     # -- change log --------------------------------------------------------------------------
 
