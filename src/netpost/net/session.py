@@ -138,9 +138,27 @@ class Session(ABC):
                     log.exception("%s %s: cleanup failed", self.listener.spec.name, self.peer)
             if self.trace is not None:
                 self.trace("*", "closed")
-            self.writer.close()
+            await self._close()
+
+    async def _close(self) -> None:
+        writer = self.writer
+        if not self.tls_active:
+            writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.writer.wait_closed(), 5)
+                await asyncio.wait_for(writer.wait_closed(), 5)
+            return
+        # TLS: let the last replies leave, send close_notify, and do not wait for the peer's
+        # (RFC 8446 6.1 allows it): clients such as imaptest wait for the server to close
+        # first, and asyncio would otherwise hold the connection for its 30 s shutdown timeout.
+        with contextlib.suppress(Exception):
+            for _ in range(500):
+                if writer.transport.get_write_buffer_size() == 0 or writer.is_closing():
+                    break
+                await asyncio.sleep(0.01)
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 0.05)
+        writer.transport.abort()  # a no-op when the peer's close_notify came already
 
     async def _loop(self) -> None:
         conn = self.conn
