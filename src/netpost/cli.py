@@ -146,6 +146,24 @@ def cmd_domain(args: argparse.Namespace) -> int:
         return 0
 
 
+def parse_size(text: str) -> int | None:
+    """"2G", "500M", "1024K", "12345" (octets), "0" (no limit) or "default" (None)."""
+    text = text.strip().upper()
+    if text == "DEFAULT":
+        return None
+    units = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        value = float(number)
+    except ValueError:
+        raise CLIError(f"invalid size {text!r}: use a number of octets or e.g. 500M, 2G") \
+            from None
+    if value < 0:
+        raise CLIError("a quota cannot be negative")
+    return int(value * factor)
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     from netpost.auth.passwords import hash_password
 
@@ -170,6 +188,16 @@ def cmd_user(args: argparse.Namespace) -> int:
                 raise CLIError(f"no user {address}")
             accounts.set_password_hash(address, hash_password(read_password(args)))
             print(f"changed the password of {address}")
+        elif args.action == "quota":
+            if accounts.get_account(address) is None:
+                raise CLIError(f"no user {address}")
+            if args.size is None:
+                raise CLIError("say the storage quota: e.g. 'netpost user quota "
+                               f"{address} 2G', or 'default' for the [imap] quota")
+            octets = parse_size(args.size)
+            accounts.set_account_quota(address, octets)
+            print(f"quota of {address}: " + ("the server's default ([imap] quota)"
+                                             if octets is None else f"{octets} octets"))
         else:
             accounts.remove_account(address)
             print(f"removed user {address} and its mail")
@@ -390,8 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_domain)
 
     u = sub.add_parser("user", help="manage accounts (mail users)")
-    u.add_argument("action", choices=["add", "list", "del", "passwd"])
+    u.add_argument("action", choices=["add", "list", "del", "passwd", "quota"])
     u.add_argument("address", nargs="?", help="e.g. alice@example.org")
+    u.add_argument("size", nargs="?", help="quota: storage limit (RFC 9208), e.g. 2G, 500M, "
+                   "0 for none, 'default' for [imap] quota")
     u.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of standard input")
     u.set_defaults(func=cmd_user)

@@ -206,3 +206,35 @@ def test_garbage_never_crashes(server: Server) -> None:
             except (TimeoutError, ssl.SSLError):
                 pass
             assert b"a1 BAD" in data or b"BYE" in data
+
+
+def test_quota(server: Server) -> None:
+    r = server.cli("user", "quota", BOB, "2K")
+    assert r.returncode == 0, r.stderr
+    m = imaps(server, BOB)
+    typ, data = m.getquotaroot("INBOX")
+    assert typ == "OK"
+    assert data[0] == [b'"INBOX" ""'] and data[1][0].startswith(b'"" (STORAGE 0 2)')
+    assert m.append("INBOX", None, None, message("fits"))[0] == "OK"
+    typ, data = m.append("INBOX", None, None, message("too big", "x" * 4000 + "\r\n"))
+    assert typ == "NO" and b"OVERQUOTA" in data[0]
+    assert server.cli("user", "quota", BOB, "default").returncode == 0
+    assert m.append("INBOX", None, None, message("no limit", "x" * 4000 + "\r\n"))[0] == "OK"
+    assert server.cli("user", "quota", BOB, "lots").returncode != 0
+    m.logout()
+
+
+def test_trace_redacts_passwords_and_bodies(server: Server) -> None:
+    secret_body = "this body must not be in the trace"
+    m = imaps(server)
+    m.append("INBOX", None, None, message("traced", secret_body + "\r\n"))
+    m.select("INBOX")
+    m.fetch("1:*", "(BODY.PEEK[])")
+    m.fetch("1:*", "(BODY.PEEK[TEXT]<0.20>)")  # a short quoted string
+    m.logout()
+    time.sleep(0.5)
+    log = (server.data / "trace.log").read_text()
+    assert f"LOGIN {ALICE.split('@')[0]}" not in log and "LOGIN <redacted>" in log
+    assert "BODY.PEEK[]" in log and "literal" in log
+    assert PASSWORD not in log
+    assert secret_body not in log and secret_body[:20] not in log

@@ -53,6 +53,9 @@ ENABLEABLE = ("IMAP4REV2", "CONDSTORE", "QRESYNC")
 
 SASL_MECHANISMS = ("PLAIN", "LOGIN")
 
+# FETCH items whose values are message content (redacted in the trace).
+_CONTENT_ITEMS = (b"BODY[", b"BINARY[", b"RFC822 ", b"RFC822.HEADER ", b"RFC822.TEXT ")
+
 
 @dataclass(frozen=True)
 class IMAPSettings:
@@ -158,7 +161,13 @@ class IMAPConnection:
     def _trace_out(self, data: bytes) -> None:
         if self._trace is None:
             return
-        text = data[:200].split(b"\r\n", 1)[0].decode("utf-8", "replace")
+        head = data[:200]
+        if b" FETCH (" in head:
+            # Message content never goes into the trace, quoted or literal.
+            cuts = [i for w in _CONTENT_ITEMS if (i := head.find(w)) >= 0]
+            if cuts:
+                head = head[:min(cuts)] + b"<content redacted>"
+        text = head.split(b"\r\n", 1)[0].decode("utf-8", "replace")
         if len(data) > 200 or data.count(b"\r\n") > 1:
             text += f" <... {len(data)} octets>"
         self._trace("S", text)
