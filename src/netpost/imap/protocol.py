@@ -352,6 +352,7 @@ class IMAPConnection:
             else:
                 self._bad(tag, f"Syntax error: {exc}")
             return None
+        self._errors = 0  # the limit is on BAD commands in a row (as Dovecot counts them)
         return self._dispatch(command)
 
     def _dispatch(self, command: cmds.Command) -> Event | None:
