@@ -1,13 +1,14 @@
 #!/bin/sh
 # Install the third-party clients the interop tests drive (Debian packages). As root this
 # installs them; otherwise it only says what is missing (the tests then fail naming the tool).
+# dovecot-core brings doveadm, whose dsync pulls an account over IMAP (imapc) in the IMAP tests.
 # Also the build dependencies of Dovecot's imaptest, which tests/interop/imaptest_tool.py builds
 # from shared/tools/ into ~/.cache/netpost-tools (imaptest itself is not packaged in Debian).
 set -eu
-CLIENTS="swaks libnet-ssleay-perl curl msmtp mutt neomutt isync offlineimap3 fetchmail getmail6 mpop openssl"
+CLIENTS="swaks libnet-ssleay-perl curl msmtp mutt neomutt isync offlineimap3 fetchmail getmail6 mpop openssl dovecot-core"
 IMAPTEST_BUILD="dovecot-dev build-essential autoconf automake libtool pkg-config libssl-dev zlib1g-dev"
 PACKAGES="$CLIENTS $IMAPTEST_BUILD"
-TOOLS="swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl"
+TOOLS="swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl doveadm"
 BUILD_TOOLS="autoreconf automake libtoolize pkg-config make cc"
 missing=""
 for t in $TOOLS $BUILD_TOOLS; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
