@@ -8,7 +8,9 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -238,3 +240,95 @@ def test_trace_redacts_passwords_and_bodies(server: Server) -> None:
     assert "BODY.PEEK[]" in log and "literal" in log
     assert PASSWORD not in log
     assert secret_body not in log and secret_body[:20] not in log
+
+
+class Raw:
+    """A bare IMAPS connection for what imaplib cannot say (COMPRESS, QRESYNC, literals)."""
+
+    def __init__(self, server: Server, user: str = ALICE) -> None:
+        raw = socket.create_connection(("127.0.0.1", server.port("imaps")), timeout=10)
+        self.sock = client_tls().wrap_socket(raw)
+        self.inflate: Any = None
+        self.deflate: Any = None
+        self.buf = b""
+        self.read_until(b"\r\n")
+        self.command(f"a LOGIN {user} \"{PASSWORD}\"")
+
+    def send(self, data: bytes) -> None:
+        if self.deflate is not None:
+            data = self.deflate.compress(data) + self.deflate.flush(zlib.Z_SYNC_FLUSH)
+        self.sock.sendall(data)
+
+    def read_until(self, end: bytes) -> bytes:
+        while end not in self.buf:
+            chunk = self.sock.recv(65536)
+            assert chunk, self.buf
+            self.buf += self.inflate.decompress(chunk) if self.inflate else chunk
+        i = self.buf.index(end) + len(end)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def command(self, line: str, tag: str = "a") -> bytes:
+        self.send(line.encode() + b"\r\n")
+        text = b""
+        while True:
+            text += self.read_until(b"\r\n")
+            last = text.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
+            if last.startswith(tag.encode() + b" "):
+                return text
+
+
+def test_compress_deflate(server: Server) -> None:
+    c = Raw(server)
+    assert b"a OK" in c.command("a COMPRESS DEFLATE")
+    c.deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    c.inflate = zlib.decompressobj(-15)
+    out = c.command("b LIST \"\" INBOX", "b")
+    assert b'* LIST (\\HasNoChildren) "/" "INBOX"' in out and b"b OK" in out
+    assert b"COMPRESSIONACTIVE" in c.command("c COMPRESS DEFLATE", "c")
+
+
+def test_synchronizing_literal_gets_a_continuation(server: Server) -> None:
+    c = Raw(server)
+    body = b"Subject: literal\r\n\r\nsync\r\n"
+    c.send(b"a APPEND INBOX {%d}\r\n" % len(body))
+    assert c.read_until(b"\r\n").startswith(b"+ ")
+    c.send(body + b"\r\n")
+    assert b"a OK [APPENDUID" in c.read_until(b"\r\n")
+    # Too big: refused before the client sends it (RFC 7888 / RFC 9051 7.5).
+    c.send(b"b APPEND INBOX {999999999999}\r\n")
+    assert b"b NO [TOOBIG]" in c.read_until(b"\r\n")
+
+
+def test_qresync_and_condstore(box: tuple[imaplib.IMAP4_SSL, str], server: Server) -> None:
+    m, name = box
+    for i in range(4):
+        m.append(name, None, None, message(f"q{i}"))
+    c = Raw(server)
+    assert b"ENABLED QRESYNC" in c.command("a ENABLE QRESYNC")
+    out = c.command(f"a SELECT {name}")
+    uidvalidity = int(out.split(b"[UIDVALIDITY ")[1].split(b"]")[0])
+    modseq = int(out.split(b"[HIGHESTMODSEQ ")[1].split(b"]")[0])
+    m.select(name)
+    m.store("2", "+FLAGS", "(\\Flagged)")
+    m.store("3", "+FLAGS", "(\\Deleted)")
+    m.expunge()
+    out = c.command("a NOOP")
+    assert b"* VANISHED 3" in out and b"FLAGS (\\Flagged)" in out and b"MODSEQ" in out
+    c.command("a UNSELECT")
+    out = c.command(f"a SELECT {name} (QRESYNC ({uidvalidity} {modseq}))")
+    assert b"* VANISHED (EARLIER) 3" in out, out
+    assert b"UID 2 FLAGS (\\Flagged) MODSEQ" in out, out
+    out = c.command(f"a UID FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq} VANISHED)")
+    assert b"VANISHED (EARLIER) 3" in out and b"UID 2" in out and b"UID 1 " not in out
+    out = c.command("a UID STORE 1 (UNCHANGEDSINCE 1) +FLAGS (\\Seen)")
+    assert b"[MODIFIED 1]" in out, out
+
+
+def test_imap4rev2(server: Server) -> None:
+    c = Raw(server)
+    assert b"ENABLED IMAP4rev2" in c.command("a ENABLE IMAP4rev2")
+    out = c.command("a SELECT INBOX")
+    assert b"RECENT" not in out and b'* LIST () "/" "INBOX"' in out
+    out = c.command("a SEARCH ALL")
+    assert b'* ESEARCH (TAG "a")' in out  # rev2 answers SEARCH with ESEARCH

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -64,7 +63,6 @@ class IMAPSettings:
     max_errors: int = 10  # BAD commands before the session ends
     max_literal: int = 50 * 1024 * 1024  # APPENDLIMIT
     max_line: int = 64 * 1024
-    max_pipelined: int = 1000  # commands queued behind the one being answered
     implementation: str = "netpost"
     version: str = "0"
     compress: bool = True
@@ -114,7 +112,6 @@ class IMAPConnection:
         self._reader = CommandReader(Limits(max_line=settings.max_line,
                                             max_literal=settings.max_literal,
                                             max_command=settings.max_literal + 1024 * 1024))
-        self._frames: deque[Frame] = deque()
         self._out: list[bytes] = []
         self._pending: Event | None = None
         self._errors = 0
@@ -209,7 +206,6 @@ class IMAPConnection:
     def _shutdown(self) -> None:
         self.closed = True
         self.state = LOGOUT
-        self._frames.clear()
 
     def data_to_send(self) -> bytes:
         out = self._out
@@ -398,7 +394,6 @@ class IMAPConnection:
             self._tagged(tag, "OK", "Begin TLS negotiation now")
             self._awaiting_tls = True
             self._reader.take_raw()  # CVE-2011-0411: nothing pipelined after it counts
-            self._frames.clear()
             return StartTLS()
         if name in ("LOGIN", "AUTHENTICATE"):
             if not (self.tls_active or self.settings.allow_plaintext_auth):
@@ -424,9 +419,6 @@ class IMAPConnection:
             else:
                 self._tagged(tag, "OK", "DEFLATE active")
                 self._compress_next = True
-            return None
-        if len(self._frames) > self.settings.max_pipelined:  # pragma: no cover - bounded
-            self._tagged(tag, "NO", "Too many commands queued")
             return None
         return Request(command)
 
