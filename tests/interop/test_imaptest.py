@@ -23,7 +23,7 @@ def imap_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     imaptest_tool.imaptest()  # build (or find) it before the server starts
     srv = start_server(tmp_path_factory.mktemp("imaptest"))
     assert srv.cli("domain", "add", DOMAIN).returncode == 0
-    for user in ("compliance", "stress", "checkpoint"):
+    for user in ("compliance", "stress", "checkpoint0", "checkpoint1", "checkpoint2"):
         srv.add_user(f"{user}@{DOMAIN}")
     yield srv
     srv.stop()
@@ -73,8 +73,14 @@ def test_checkpoint_one_mailbox_many_sessions(imap_server: Server, tmp_path: Pat
     """checkpoint=1: every second imaptest compares all sessions' views of one mailbox
     (flags, \\Recent in exactly one session, EXISTS)."""
     mbox = imaptest_tool.write_mbox(tmp_path / "checkpoint.mbox", 100)
-    result = imaptest_tool.run_stress(
-        "127.0.0.1", imap_server.port("imaps"), f"checkpoint@{DOMAIN}", PASSWORD, mbox,
-        clients=10, secs=8, extra=["ssl=any-cert", "checkpoint=1"], cwd=tmp_path)
+    for attempt in range(3):
+        result = imaptest_tool.run_stress(
+            "127.0.0.1", imap_server.port("imaps"), f"checkpoint{attempt}@{DOMAIN}", PASSWORD,
+            mbox, clients=10, secs=8, extra=["ssl=any-cert", "checkpoint=1"], cwd=tmp_path)
+        # imaptest 2.3 itself sometimes aborts in checkpoint mode (Panic: file
+        # imap-client.c: assertion failed: (client->plan_size == 0)), against Dovecot too:
+        # that run says nothing about the server, so run it again on a fresh account.
+        if not (result.rc == -6 and "plan_size == 0" in result.output):
+            break
     assert not result.errors, "\n".join(result.errors[:20])
     assert result.commands > 200, result.output[-2000:]
