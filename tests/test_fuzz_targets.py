@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from fuzz import fuzz_mbox, fuzz_pop3, fuzz_smtp
+from fuzz import fuzz_imap, fuzz_mbox, fuzz_pop3, fuzz_smtp
 from fuzz.replay import corpus_files, replay
 
 
@@ -20,11 +20,16 @@ def test_mbox_target_replays_corpus() -> None:
     assert replay(fuzz_mbox.one_input, ["fuzz/corpus/mbox"]) >= 3
 
 
+def test_imap_target_replays_corpus() -> None:
+    assert replay(fuzz_imap.one_input, ["fuzz/corpus/imap"]) >= 8
+
+
 def test_targets_survive_mutated_corpus() -> None:
     rng = random.Random(1234)
     for target, corpus in ((fuzz_smtp.one_input, "fuzz/corpus/smtp"),
                            (fuzz_pop3.one_input, "fuzz/corpus/pop3"),
-                           (fuzz_mbox.one_input, "fuzz/corpus/mbox")):
+                           (fuzz_mbox.one_input, "fuzz/corpus/mbox"),
+                           (fuzz_imap.one_input, "fuzz/corpus/imap")):
         seeds = [f.read_bytes() for f in corpus_files([corpus])]
         for _ in range(300):
             data = bytearray(rng.choice(seeds))

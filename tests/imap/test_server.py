@@ -332,3 +332,15 @@ def test_imap4rev2(server: Server) -> None:
     assert b"RECENT" not in out and b'* LIST () "/" "INBOX"' in out
     out = c.command("a SEARCH ALL")
     assert b'* ESEARCH (TAG "a")' in out  # rev2 answers SEARCH with ESEARCH
+
+
+def test_commands_pipelined_behind_compress(server: Server) -> None:
+    c = Raw(server)
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    noop = deflate.compress(b"n NOOP\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH)
+    c.sock.sendall(b"z COMPRESS DEFLATE\r\n" + noop)
+    assert b"z OK" in c.read_until(b"\r\n")
+    c.deflate = deflate
+    c.inflate = zlib.decompressobj(-15)
+    c.buf = c.inflate.decompress(c.buf)  # what came after the OK is compressed
+    assert b"n OK" in c.read_until(b"NOOP completed\r\n")

@@ -83,7 +83,7 @@ class Frame:
 
 # A line that ends in a literal's announcement: {n}, {n+} or ~{n} (RFC 9051 9, RFC 7888).
 _LITERAL_AT_END = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\r?\n\Z")
-_TAG = re.compile(rb"[^\s(){%*\"\\\]+]+")
+_TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\\]+]+")  # no CTL, SP or 8-bit
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +110,8 @@ class CommandReader:
         self._literal = bytearray()
         self._discarding = False  # dropping a literal (or line) of a failed command
         self._skip_line = False  # dropping the rest of an overlong line
+        self._tail = b""  # its last octets: a literal announced at its end is still read
+        self._raw_overlong = False  # read_line is dropping an overlong raw line
         self._ready: deque[Frame | Continue | Reject] = deque()
 
     @property
@@ -138,11 +140,14 @@ class CommandReader:
         nl = self._buf.find(b"\n")
         if nl < 0:
             if len(self._buf) > self.limits.max_line:
-                self._buf.clear()
-                return b""  # overlong: the caller sees an invalid line
+                self._buf.clear()  # dropped up to its end, which is the line's end
+                self._raw_overlong = True
             return None
         line = bytes(self._buf[: nl + 1])
         del self._buf[: nl + 1]
+        if self._raw_overlong or len(line) > self.limits.max_line:
+            self._raw_overlong = False
+            return b""  # overlong: the caller sees an invalid line
         return line
 
     # --------------------------------------------------------------------------------------
@@ -167,35 +172,36 @@ class CommandReader:
                 self._literal_left -= take
                 if self._literal_left:
                     return
-                self._frame.literals.append(bytes(self._literal))
+                if not self._discarding:
+                    self._frame.literals.append(bytes(self._literal))
                 self._literal.clear()
-                continue
-            if self._skip_line:
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    buf.clear()
-                    return
-                del buf[: nl + 1]
-                self._skip_line = False
-                self._finish()
                 continue
             nl = buf.find(b"\n")
             if nl < 0:
-                if len(buf) > limits.max_line:
+                if len(buf) > limits.max_line or self._skip_line:
                     # RFC 9051 leaves the limit to the server; say so and skip to its end.
-                    self._set_tag(bytes(buf[:64]))
+                    if not self._skip_line and self._frame.size == 0:  # its first line
+                        self._set_tag(buf[: limits.max_line + 1])
                     self._fail("Command line too long")
+                    self._tail = (self._tail + bytes(buf[-32:]))[-32:]
                     buf.clear()
                     self._skip_line = True
                 return
             line = bytes(buf[: nl + 1])
             del buf[: nl + 1]
             frame = self._frame
-            if not frame.lines:
-                self._set_tag(line)
-            if len(line) > limits.max_line:
-                self._fail("Command line too long")
-            frame.lines.append(line)
+            if self._skip_line:  # the end of an overlong line: only its tail is looked at
+                self._skip_line = False
+                line, self._tail = (self._tail + line)[-32:], b""
+            else:
+                if frame.size == 0:  # the command's first line
+                    self._set_tag(line[: limits.max_line + 1])
+                if len(line) > limits.max_line:
+                    self._fail("Command line too long")
+                if len(frame.lines) > limits.max_tokens:
+                    self._fail("Too many literals in one command")
+                if frame.error is None or frame.size == 0:  # a failed command keeps no more
+                    frame.lines.append(line)
             frame.size += len(line)
             m = _LITERAL_AT_END.search(line)
             if m is None:
@@ -203,12 +209,16 @@ class CommandReader:
                 continue
             size = int(m.group(2))
             synchronizing = not m.group(3)
-            frame.literal8.append(bool(m.group(1)))
+            if frame.error is None:
+                frame.literal8.append(bool(m.group(1)))
             frame.size += size
             too_big = size > limits.max_literal or frame.size > limits.max_command
-            if too_big:
+            if size > limits.max_literal:
                 self._fail(f"[TOOBIG] Literal of {size} octets is larger than the limit of "
                            f"{limits.max_literal}")
+            elif too_big:
+                self._fail(f"[TOOBIG] Command is larger than the limit of "
+                           f"{limits.max_command} octets")
             if synchronizing and frame.error is not None:
                 # RFC 9051 7.5: refusing a synchronizing literal ends the command; the
                 # client does not send the literal.
@@ -219,10 +229,10 @@ class CommandReader:
                 self._ready.append(Continue())
             self._discarding = frame.error is not None
             self._literal_left = size
-            if size == 0:
+            if size == 0 and not self._discarding:
                 frame.literals.append(b"")
 
-    def _set_tag(self, line: bytes) -> None:
+    def _set_tag(self, line: bytes | bytearray) -> None:
         m = _TAG.match(line)
         self._frame.tag = m.group().decode("ascii", "replace") if m else "*"
 

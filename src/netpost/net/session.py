@@ -167,15 +167,28 @@ class Session(ABC):
             data = await reader.read(READ_SIZE)
             self.last_activity = self.loop.time()
             conn.receive_data(data)
-            self.busy = True
-            try:
-                while (event := conn.next_event()) is not None:
-                    await self.handle(event)
-            finally:
-                self.busy = False
-            if self.listener.stopping and not self.in_transaction() and not conn.closed:
-                self.say_goodbye("shutdown")
-            await self.flush()
+            await self._handle_events()
+            while True:
+                if self.listener.stopping and not self.in_transaction() and not conn.closed:
+                    self.say_goodbye("shutdown")
+                await self.flush()
+                # An engine may take in input it held back once its output has gone out
+                # (IMAP's COMPRESS: commands pipelined behind it are read after the OK).
+                if conn.closed or not await self._handle_events():
+                    break
+
+    async def _handle_events(self) -> bool:
+        """Answer every event the engine has now; whether there was any."""
+        conn = self.conn
+        handled = False
+        self.busy = True
+        try:
+            while (event := conn.next_event()) is not None:
+                handled = True
+                await self.handle(event)
+        finally:
+            self.busy = False
+        return handled
 
     async def flush(self) -> None:
         out = self.conn.data_to_send()
