@@ -166,7 +166,7 @@ def test_idle_sees_smtp_delivery(server: Server) -> None:
     while not (line := m.readline()).startswith(tag):
         pass
     assert b"OK" in line
-    assert elapsed < 5
+    assert elapsed < 2  # the change feed wakes IDLE right after the commit
     m.logout()
 
 

@@ -391,7 +391,7 @@ class IMAPSession(Session):
         messages = self.mailboxes.messages
         if self.sub is not None:
             self.sub.poll()  # what is committed now is in the rows read next
-        rows = messages.states(mailbox.id)
+        rows = await asyncio.to_thread(messages.states, mailbox.id)  # 100,000 rows: ~0.1 s
         mark = (messages.recent_mark(mailbox.id) if readonly else
                 await asyncio.to_thread(messages.claim_recent, mailbox.id))
         mailbox = self.mailboxes.catalogue.get_mailbox_by_id(mailbox.id) or mailbox
