@@ -843,10 +843,12 @@ class IMAPSession(Session):
         update = await self.mailboxes.set_flags(view.mailbox_id, uids, flags, cmd.mode,  # type: ignore[arg-type]
                                                 unchanged_since=cmd.unchangedsince)
         changed = {}
+        in_use: set[str] = set(flags)
         for uid, new, modseq in update.changed:
             view.set_flags(uid, new, modseq)
             changed[uid] = modseq
-        self._keywords_known(view, flags)
+            in_use |= new  # may hold keywords another session just set
+        self._keywords_known(view, frozenset(in_use))
         failed = set(update.failed)
         lines = []
         for i in positions:
@@ -968,9 +970,12 @@ class IMAPSession(Session):
             if unseen:
                 update = await self.mailboxes.set_flags(view.mailbox_id, unseen,
                                                         frozenset({"\\Seen"}), "add")
+                in_use: set[str] = set()
                 for uid, new, modseq in update.changed:
                     view.set_flags(uid, new, modseq)
                     seen_now.add(uid)
+                    in_use |= new
+                self._keywords_known(view, frozenset(in_use))
         needs_content = any(i.name not in ("UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE",
                                            "MODSEQ") for i in items)
         status, text = "OK", f"{cmd.name} completed"
