@@ -1,4 +1,4 @@
-"""Shared helpers for bench/smtp_ingest.py and bench/pop3_retrieve.py (stdlib only).
+"""Shared helpers for the bench/ scripts (stdlib only).
 
 * where things are: the repo, its venv, the copied peer-bench client scripts (bench/peer-bench/),
   the peers' start scripts (/work/shared/peer-bench/peers if present, else the copy);
@@ -129,6 +129,60 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores: user, nice, system, irq,
+    softirq, steal from /proc/stat): deltas show how much else ran beside a benchmark."""
+    f = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return sum(int(f[k]) for k in (0, 1, 2, 5, 6, 7)) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU of a daemon and its children, living and reaped (for Dovecot: master + its
+    processes): utime+stime+cutime+cstime of the process and of its current children, so the
+    delta between two calls counts children that came and went in between."""
+    def one(p: int) -> float:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    total = one(pid)
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                total += one(int(d.name))
+    return total
+
+
+def children_cpu_s() -> float:
+    """CPU of this process's reaped children (the load generators it ran and waited for)."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def rss(pid: int, field: str = "VmRSS") -> int:
+    """A /proc/PID/status memory figure (VmRSS, VmHWM, ...) in octets."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"no {field} for pid {pid}")
+
+
+def free_port(preferred: int) -> int:
+    """preferred if nothing listens there on 127.0.0.1, else a free ephemeral port."""
+    if port_free(preferred):
+        return preferred
+    with socket.socket() as s:
+        s.bind((LOCALHOST, 0))
+        return s.getsockname()[1]
+
+
 _SRC: Path | None = None  # the snapshot every netpost process of this invocation runs
 
 
@@ -188,9 +242,12 @@ class NetpostServer:
         for address, password in users.items():
             self.cli("user", "add", address, "--password-stdin", stdin=password + "\n")
 
-    def start(self, smtp: int | None = None, pop3: int | None = None) -> None:
+    def start(self, smtp: int | None = None, pop3: int | None = None,
+              imap: int | None = None) -> None:
+        """Listen only on the ports given (127.0.0.1); every other listener is off (netpost's
+        defaults, e.g. imap 10143 and pop3 10110, are the Dovecot peer's ports)."""
         listen = {"smtp": smtp, "submission": None, "submissions": None, "pop3": pop3,
-                  "pop3s": None}
+                  "pop3s": None, "imap": imap, "imaps": None}
         args = []
         for name, port in listen.items():
             args += ["--listen", f"{name}={LOCALHOST}:{port}" if port else f"{name}=off"]
@@ -214,6 +271,11 @@ class NetpostServer:
     def cpu(self) -> float:
         assert self.proc is not None
         return cpu_seconds(self.proc.pid)
+
+    def rss(self) -> int:
+        """Resident set size of the server process now (octets)."""
+        assert self.proc is not None
+        return rss(self.proc.pid)
 
     def cpu_main_thread(self) -> float:
         """CPU of the event-loop thread alone (its tid is the pid)."""
@@ -280,6 +342,17 @@ def ratio_line(name: str, num: float | None, den: float | None, target: float) -
     r = num / den
     ok = r >= target
     return (f"{name}: {r:.3f}×  (target ≥ {target:g}×: {'MET' if ok else 'MISSED'})", ok)
+
+
+def time_ratio_line(name: str, num: float | None, den: float | None,
+                    target: float) -> tuple[str, bool]:
+    """For times (lower is better): num / den must be <= target."""
+    if not num or not den:
+        return f"{name}: n/a (missing figures)", False
+    r = num / den
+    ok = r <= target
+    return (f"{name}: {r:.3f}×  (target ≤ {target:g}×: {'MET' if ok else 'MISSED'}"
+            + ("" if ok else f", {r / target:.1f}× over") + ")", ok)
 
 
 def table(rows: list[list[str]]) -> str:
