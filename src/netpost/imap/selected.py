@@ -52,6 +52,9 @@ class View:
         self.check_new = False  # the feed said something was appended
         self.saved: list[int] = []  # SEARCHRES "$": UIDs (RFC 5182)
         self.known_keywords: set[str] = set()  # keywords the client was told of in FLAGS
+        self.version = 0  # counts changes to the entries (SEARCH keeps its list until then)
+        self.infos: list[object] = []
+        self.infos_key: object = None
         self.add(rows)
         if recent_above is not None:
             self.recent = {u for u in self.uids if u > recent_above}
@@ -62,6 +65,7 @@ class View:
     def add(self, rows: Iterable[MessageState]) -> int:
         """Append new messages (UIDs above every known one); the number added."""
         n = 0
+        self.version += 1
         last = self.uids[-1] if self.uids else 0
         for uid, size, date, modseq, flags, sha in rows:
             if uid <= last:
@@ -159,6 +163,7 @@ class View:
         i = self.index(uid)
         if i is None:
             return None
+        self.version += 1
         self.flags[i] = flags_of(" ".join(sorted(flags)))
         if modseq > self.modseqs[i]:
             self.modseqs[i] = modseq
@@ -170,6 +175,7 @@ class View:
         """Remove messages; the sequence numbers to announce, in the order to announce them
         (descending, so each number is still right when the client applies it)."""
         positions = sorted((i for u in uids if (i := self.index(u)) is not None), reverse=True)
+        self.version += 1
         for i in positions:
             uid = self.uids[i]
             del self.uids[i], self.sizes[i], self.dates[i], self.modseqs[i], self.flags[i], \

@@ -253,6 +253,10 @@ class Messages(Protocol):
         """(uid, flags text, modseq) of those of these messages that exist."""
     def header_texts(self, mailbox_id: int, name: str) -> list[tuple[int, str]]:
         """(uid, decoded text) of a header field kept at delivery (MessageMeta.headers)."""
+    def header_candidates(self, mailbox_id: int, name: str, needle: str, *,
+                          address: bool) -> list[tuple[int, str]]:
+        """A superset of the messages whose field may contain the ASCII lower-case `needle`
+        (SEARCH narrows in the store, then decides)."""
     def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
         """UIDs expunged with a MODSEQ above `modseq` (RFC 7162 VANISHED)."""
     def mailbox_counts(self, mailbox_id: int) -> tuple[int, int, int, int]:

@@ -873,8 +873,25 @@ class SQLiteStore:
         has it (SEARCH, SORT and THREAD read these instead of the messages)."""
         path = '$."' + name.replace('"', "") + '"'
         return self._conn().execute(
-            "SELECT uid, json_extract(headers, ?) FROM messages WHERE mailbox_id = ? AND "
-            "json_extract(headers, ?) IS NOT NULL", (path, mailbox_id, path)).fetchall()
+            "SELECT uid, v FROM (SELECT uid, json_extract(headers, ?) AS v FROM messages "
+            "WHERE mailbox_id = ?) WHERE v IS NOT NULL", (path, mailbox_id)).fetchall()
+
+    def header_candidates(self, mailbox_id: int, name: str, needle: str, *,
+                          address: bool) -> list[tuple[int, str]]:
+        """(uid, text) of the messages whose kept field `name` may contain `needle` (an
+        ASCII, lower-case substring): those whose printable-ASCII text contains it (SQLite's
+        lower() folds ASCII as str.casefold does), plus every text that is not plain
+        printable ASCII, or, for address fields, has what SEARCH also matches without
+        (comments, quotes, spaces around @ < >): the caller decides on those."""
+        path = '$."' + name.replace('"', "") + '"'
+        loose = "v GLOB '*[^ -~]*'"
+        if address:
+            loose += (" OR v GLOB '*[(\"]*' OR instr(v, ' @') OR instr(v, '@ ') "
+                      "OR instr(v, ' >') OR instr(v, '< ')")
+        return self._conn().execute(
+            "SELECT uid, v FROM (SELECT uid, json_extract(headers, ?) AS v FROM messages "
+            f"WHERE mailbox_id = ?) WHERE v IS NOT NULL AND (instr(lower(v), ?) OR {loose})",
+            (path, mailbox_id, needle)).fetchall()
 
     def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
         """UIDs expunged from the mailbox with a MODSEQ above `modseq` (QRESYNC VANISHED)."""
