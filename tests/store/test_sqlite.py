@@ -355,3 +355,33 @@ def test_closed_store_refuses(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.list_domains()
+
+
+FROM_TEXTS = [
+    "Sender Seven <sender7@example.com>",
+    "sender7 (the seventh) @ example.com",
+    '"sender7"@example.com',
+    "SENDER7@EXAMPLE.COM",
+    "Sënder <sender7@example.com>",
+    "\tsender7@example.com",
+    "other@example.com",
+    "sender7 @example.com",
+    "<sender7@example.com >",
+]
+
+
+@pytest.mark.parametrize("needle", ["sender7@example.com", "sender7", "example", "@", "e s"])
+def test_header_candidates_hold_every_match(store: SQLiteStore, needle: str) -> None:
+    """SEARCH narrows in SQL first: every message SEARCH would match must be a candidate."""
+    from netpost.imap.search import _field_matches
+
+    inbox = _with_bob(store)
+    store.deliver([Delivery(BlobRef(f"{i:064x}", 100), _meta(**{"from": text}), [inbox])
+                   for i, text in enumerate(FROM_TEXTS)])
+    candidates = dict(store.header_candidates(inbox, "from", needle, address=True))
+    texts = dict(store.header_texts(inbox, "from"))
+    matching = {uid for uid, text in texts.items() if _field_matches(needle, text, True)}
+    assert matching <= set(candidates)
+    assert all(candidates[uid] == texts[uid] for uid in candidates)
+    if needle == "sender7@example.com":
+        assert 7 not in candidates  # other@example.com is left out in SQL

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -885,13 +886,19 @@ class SQLiteStore:
         (comments, quotes, spaces around @ < >): the caller decides on those."""
         path = '$."' + name.replace('"', "") + '"'
         loose = "v GLOB '*[^ -~]*'"
+        params: list[object] = [path, mailbox_id, needle]
         if address:
-            loose += (" OR v GLOB '*[(\"]*' OR instr(v, ' @') OR instr(v, '@ ') "
-                      "OR instr(v, ' >') OR instr(v, '< ')")
+            # Without comments and quotes an address may match where its text does not;
+            # but a needle's longest atom (no CFWS can fall inside an atom, RFC 5322 3.2.3)
+            # is in the text all the same.
+            core = max(re.split(r'[\s.@<>"()\\]+', needle), key=len)
+            loose += (" OR ((v GLOB '*[(\"]*' OR instr(v, ' @') OR instr(v, '@ ') "
+                      "OR instr(v, ' >') OR instr(v, '< ')) AND instr(lower(v), ?))")
+            params.append(core)
         return self._conn().execute(
             "SELECT uid, v FROM (SELECT uid, json_extract(headers, ?) AS v FROM messages "
             f"WHERE mailbox_id = ?) WHERE v IS NOT NULL AND (instr(lower(v), ?) OR {loose})",
-            (path, mailbox_id, needle)).fetchall()
+            params).fetchall()
 
     def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
         """UIDs expunged from the mailbox with a MODSEQ above `modseq` (QRESYNC VANISHED)."""
