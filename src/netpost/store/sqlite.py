@@ -873,9 +873,10 @@ class SQLiteStore:
         """(uid, decoded text) of one header field kept at delivery, for every message that
         has it (SEARCH, SORT and THREAD read these instead of the messages)."""
         path = '$."' + name.replace('"', "") + '"'
-        return self._conn().execute(
-            "SELECT uid, v FROM (SELECT uid, json_extract(headers, ?) AS v FROM messages "
-            "WHERE mailbox_id = ?) WHERE v IS NOT NULL", (path, mailbox_id)).fetchall()
+        rows = self._conn().execute(
+            "SELECT uid, json_extract(headers, ?) FROM messages WHERE mailbox_id = ?",
+            (path, mailbox_id))
+        return [(uid, text) for uid, text in rows if text is not None]
 
     def header_candidates(self, mailbox_id: int, name: str, needle: str, *,
                           address: bool) -> list[tuple[int, str]]:
@@ -885,20 +886,23 @@ class SQLiteStore:
         printable ASCII, or, for address fields, has what SEARCH also matches without
         (comments, quotes, spaces around @ < >): the caller decides on those."""
         path = '$."' + name.replace('"', "") + '"'
-        loose = "v GLOB '*[^ -~]*'"
+        # Not plain printable ASCII (more octets than characters, or a tab): Python decides.
+        loose = "length(v) != length(CAST(v AS BLOB)) OR instr(v, char(9))"
         params: list[object] = [path, mailbox_id, needle]
         if address:
             # Without comments and quotes an address may match where its text does not;
             # but a needle's longest atom (no CFWS can fall inside an atom, RFC 5322 3.2.3)
             # is in the text all the same.
             core = max(re.split(r'[\s.@<>"()\\]+', needle), key=len)
-            loose += (" OR ((v GLOB '*[(\"]*' OR instr(v, ' @') OR instr(v, '@ ') "
-                      "OR instr(v, ' >') OR instr(v, '< ')) AND instr(lower(v), ?))")
+            loose += (" OR ((instr(v, '(') OR instr(v, '\"') OR instr(v, ' @') OR "
+                      "instr(v, '@ ') OR instr(v, ' >') OR instr(v, '< ')) "
+                      "AND instr(lower(v), ?))")
             params.append(core)
+        # MATERIALIZED: else SQLite inlines the json_extract at every use of v.
         return self._conn().execute(
-            "SELECT uid, v FROM (SELECT uid, json_extract(headers, ?) AS v FROM messages "
-            f"WHERE mailbox_id = ?) WHERE v IS NOT NULL AND (instr(lower(v), ?) OR {loose})",
-            params).fetchall()
+            "WITH t AS MATERIALIZED (SELECT uid, json_extract(headers, ?) AS v FROM messages "
+            "WHERE mailbox_id = ?) SELECT uid, v FROM t WHERE v IS NOT NULL AND "
+            f"(instr(lower(v), ?) OR {loose})", params).fetchall()
 
     def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
         """UIDs expunged from the mailbox with a MODSEQ above `modseq` (QRESYNC VANISHED)."""
