@@ -76,10 +76,11 @@ def test_checkpoint_one_mailbox_many_sessions(imap_server: Server, tmp_path: Pat
     for attempt in range(3):
         result = imaptest_tool.run_stress(
             "127.0.0.1", imap_server.port("imaps"), f"checkpoint{attempt}@{DOMAIN}", PASSWORD,
-            mbox, clients=10, secs=8, extra=["ssl=any-cert", "checkpoint=1"], cwd=tmp_path)
-        # imaptest 2.3 itself sometimes aborts in checkpoint mode (Panic: file
-        # imap-client.c: assertion failed: (client->plan_size == 0)), against Dovecot too:
-        # that run says nothing about the server, so run it again on a fresh account.
+            mbox, clients=5, secs=8, extra=["ssl=any-cert", "checkpoint=1"], cwd=tmp_path)
+        # imaptest 2.3 itself aborts in checkpoint mode with 10 clients on this build
+        # (Panic: client-state.c: assertion failed: (client->plan_size == 0)), against
+        # Dovecot too; with 5 it runs, and should it still abort, that run says nothing
+        # about the server: run it again on a fresh account.
         if not (result.rc == -6 and "plan_size == 0" in result.output):
             break
     assert not result.errors, "\n".join(result.errors[:20])
