@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from netpost.imap.parser import Atom, ParseError, SequenceSet, String, Token, parse_sequence_set
-from netpost.mail.message import KEPT_FIELDS
+from netpost.mail.message import KEPT_FIELDS, decode_words
 
 log = logging.getLogger("netpost.imap")
 
@@ -550,29 +550,6 @@ def split_message(raw: bytes) -> tuple[bytes, bytes]:
     if m is None:
         return raw, b""
     return raw[: m.start()], raw[m.end() :]
-
-
-def decode_words(text: str) -> str:
-    """Decode RFC 2047 encoded words; text that cannot be decoded stays as it is."""
-    if "=?" not in text:
-        return text
-    try:
-        chunks = email.header.decode_header(text)
-    except Exception:
-        return text
-    out: list[str] = []
-    for chunk, charset in chunks:
-        if isinstance(chunk, str):
-            out.append(chunk)
-        elif charset is None or charset == "unknown-8bit":
-            # decode_header gives the unencoded runs back as raw-unicode-escape bytes.
-            out.append(chunk.decode("raw-unicode-escape", "replace"))
-        else:
-            try:
-                out.append(chunk.decode(charset, "replace"))
-            except LookupError:
-                out.append(chunk.decode("latin-1"))
-    return "".join(out)
 
 
 def _header_fields(raw: bytes) -> list[tuple[str, str]]:

@@ -59,7 +59,7 @@ def _header_section(data: bytes) -> bytes:
     return head[: m.end()] if m else head
 
 
-def _decode_words(text: str) -> str:
+def decode_words(text: str) -> str:
     """Decode RFC 2047 encoded words; leave text as it is when they cannot be decoded."""
     if "=?" not in text:
         return text
@@ -96,7 +96,7 @@ def _field_text(raw: str) -> str:
     except UnicodeError:
         text = raw.encode("utf-8", "replace").decode("utf-8", "replace")
     text = _FOLD.sub("", text)  # RFC 5322:2.2.3 unfolding
-    text = _decode_words(text)
+    text = decode_words(text)
     return _CONTROL.sub(" ", text).strip()
 
 
