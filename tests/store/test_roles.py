@@ -164,6 +164,8 @@ def test_schema_v1_is_migrated(tmp_path: Path) -> None:
         ALTER TABLE mailboxes DROP COLUMN recent_uid;
         ALTER TABLE accounts DROP COLUMN quota;
         DROP TABLE subscriptions;
+        DROP TABLE queue_recipients;
+        DROP TABLE queue_messages;
         PRAGMA user_version = 1;
     """)
     conn.close()

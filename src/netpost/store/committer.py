@@ -39,6 +39,7 @@ from netpost.store.interfaces import (
     MessageMeta,
     MetadataBatches,
     MetaSource,
+    OutboundEnvelope,
     StagedBlobs,
     StagingBlobStore,
     StoreError,
@@ -56,6 +57,7 @@ class _Job:
     future: asyncio.Future[list[int]] | concurrent.futures.Future[list[int]]
     loop: asyncio.AbstractEventLoop | None
     flags: frozenset[str] = frozenset()
+    outbound: OutboundEnvelope | None = None
 
 
 Outcome = tuple[_Job, list[int] | None, BaseException | None]
@@ -156,12 +158,13 @@ class GroupCommitter:
 
     async def deliver(
         self, data: bytes, meta: MetaSource, mailbox_ids: Sequence[int],
-        flags: frozenset[str] = frozenset(),
+        flags: frozenset[str] = frozenset(), outbound: OutboundEnvelope | None = None,
     ) -> list[int]:
-        """Store `data` in each mailbox; return the UIDs once blob and metadata are durable."""
+        """Store `data` in each mailbox (and in the outbound queue with `outbound`); return
+        the UIDs once blob and metadata are durable."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[int]] = loop.create_future()
-        self._enqueue(_Job(data, meta, tuple(mailbox_ids), fut, loop, flags))
+        self._enqueue(_Job(data, meta, tuple(mailbox_ids), fut, loop, flags, outbound))
         return await fut
 
     def deliver_sync(self, data: bytes, meta: MessageMeta, mailbox_ids: Sequence[int]) -> list[int]:
@@ -280,7 +283,7 @@ class GroupCommitter:
                 raise StoreError("blob staging failed")
             self.blobs.finish(staged)
             deliveries = [
-                Delivery(ref, _meta(job), job.mailbox_ids, job.flags)
+                Delivery(ref, _meta(job), job.mailbox_ids, job.flags, job.outbound)
                 for ref, job in zip(staged.refs, jobs, strict=True)
             ]
             uids = self.store.deliver(deliveries)
@@ -352,12 +355,16 @@ class CommitTransaction:
     def __init__(self, committer: GroupCommitter) -> None:
         self._committer = committer
         self._mailbox_ids: list[int] = []
+        self._outbound: OutboundEnvelope | None = None
         self._body: tuple[bytes, MetaSource, frozenset[str]] | None = None
         self._done = False
 
     def add_mailbox(self, mailbox_id: int) -> None:
         if mailbox_id not in self._mailbox_ids:  # one copy per mailbox
             self._mailbox_ids.append(mailbox_id)
+
+    def add_outbound(self, envelope: OutboundEnvelope) -> None:
+        self._outbound = envelope
 
     def body(self, data: bytes, meta: MetaSource, flags: frozenset[str] = frozenset()) -> None:
         self._body = (data, meta, flags)
@@ -369,7 +376,8 @@ class CommitTransaction:
             raise StoreError("a delivery needs a body before it is committed")
         self._done = True
         data, meta, flags = self._body
-        return await self._committer.deliver(data, meta, self._mailbox_ids, flags)
+        return await self._committer.deliver(data, meta, self._mailbox_ids, flags,
+                                             self._outbound)
 
     def abort(self) -> None:
         self._done = True

@@ -12,6 +12,7 @@ Roles for services:
   DeliveryTarget                 append: begin / add mailbox / body / commit or abort
   BlobStore                      message content: create (streaming) / read / open / delete
   ChangeFeed                     publish / subscribe in process, with a cursor into ChangeLog
+  MailQueue                      the outbound queue: per-recipient state, claim due, outcomes
   Maintenance                    collect what nothing references any more
 
 Roles between parts of a backend (the group committer is shared by backends that keep
@@ -151,6 +152,125 @@ class Delivery:
     meta: MessageMeta
     mailbox_ids: Sequence[int]
     flags: frozenset[str] = frozenset()  # given to every copy (IMAP APPEND's flag list)
+    outbound: OutboundEnvelope | None = None  # queued for remote recipients in the same commit
+
+
+# --- the outbound queue --------------------------------------------------------------------------
+
+# A recipient's state in the queue.  "queued" and "deferred" wait for their next attempt;
+# "sending" is claimed by a relay run (back to "queued" after a crash); "delivered" and
+# "bounced" are final and go with their message once its notices are sent.
+QueueState = Literal["queued", "deferred", "sending", "delivered", "bounced"]
+WAITING: tuple[QueueState, ...] = ("queued", "deferred")
+# next_attempt of a recipient held until an ETRN for its domain (RFC 1985).
+HELD = 1e18
+
+
+@dataclass(frozen=True)
+class OutboundRecipient:
+    address: str
+    notify: frozenset[str] | None = None  # RFC 3461 NOTIFY (None: not given)
+    orcpt: tuple[str, str] | None = None  # RFC 3461 ORCPT (address type, address)
+    held: bool = False  # wait for an ETRN instead of being tried at once
+
+
+@dataclass(frozen=True)
+class OutboundEnvelope:
+    """What the queue keeps beside the body: the envelope and the DSN parameters."""
+
+    queue_id: str  # the id in the 250 reply and the Received field
+    mail_from: str  # "" for the null reverse-path (a bounce)
+    recipients: Sequence[OutboundRecipient]
+    arrival: float
+    ret: str | None = None  # RFC 3461 RET (FULL / HDRS)
+    envid: str | None = None  # RFC 3461 ENVID
+    smtputf8: bool = False  # needs SMTPUTF8 (RFC 6531)
+    eightbit: bool = False  # the content has octets above 127 (needs 8BITMIME, RFC 6152)
+    origin: str = ""  # who handed it to us: the account, or the client's address
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    id: int
+    queue_id: str
+    blob: BlobRef
+    mail_from: str
+    arrival: float
+    ret: str | None
+    envid: str | None
+    smtputf8: bool
+    eightbit: bool
+    origin: str
+
+
+@dataclass(frozen=True)
+class QueuedRecipient:
+    id: int
+    message_id: int
+    address: str
+    domain: str  # lower-case, what the relay routes by
+    notify: frozenset[str] | None
+    orcpt: tuple[str, str] | None
+    state: QueueState
+    attempts: int
+    next_attempt: float
+    last_attempt: float | None
+    last_error: str | None  # the last reply or failure, as a person reads it
+    status: str | None  # RFC 3463 code of the last result, e.g. "4.4.1"
+    remote_mta: str | None
+    delay_notified: bool
+    notice: str | None  # a DSN still to send for it: "failed", "delayed", "delivered", "relayed"
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    message: QueuedMessage
+    recipients: list[QueuedRecipient]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt did to one recipient."""
+
+    recipient_id: int
+    state: QueueState  # delivered, bounced, deferred
+    when: float
+    next_attempt: float = 0.0  # for deferred
+    error: str | None = None
+    status: str | None = None
+    remote_mta: str | None = None
+    notice: str | None = None  # the DSN this result calls for, if any
+    delay_notified: bool = False
+
+
+class MailQueue(Protocol):
+    """The outbound queue's store.  Messages enter it with a delivery (`Delivery.outbound`),
+    in the same commit as their local copies."""
+
+    def recover(self) -> int:
+        """After a restart: recipients a crashed run had claimed wait again; how many."""
+    def claim_due(self, now: float, limit: int, domain: str | None = None) -> list[QueueEntry]:
+        """Take up to `limit` recipients due by `now` (oldest due first; `domain`: only that
+        one, held ones included) and mark them "sending"; grouped by message."""
+    def next_due(self) -> float | None:
+        """When the earliest waiting, not held, recipient is due."""
+    def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Store the attempts' results in one transaction; a message whose recipients are all
+        final and whose notices are sent leaves the queue (and its body's reference)."""
+    def pending_notices(self, limit: int) -> list[QueueEntry]:
+        """Messages with DSNs to send (only the recipients that need one)."""
+    def notices_sent(self, recipient_ids: Sequence[int]) -> None: ...
+    def entries(self, limit: int = 1000, after_id: int = 0) -> list[QueueEntry]:
+        """The queue in arrival order (the CLI's list)."""
+    def entry(self, queue_id: str) -> QueueEntry | None: ...
+    def retry_now(self, now: float, queue_id: str | None = None,
+                  domain: str | None = None) -> int:
+        """Make waiting recipients due now (all, one message's, or one domain's, held ones
+        included); how many."""
+    def remove(self, queue_id: str) -> bool:
+        """Delete a message from the queue without any notice."""
+    def queue_counts(self) -> dict[str, int]:
+        """Recipients per state."""
 
 
 ChangeKind = Literal["append", "expunge", "flags"]
@@ -274,6 +394,8 @@ class DeliveryTransaction(Protocol):
     """One message on its way into mailboxes: nothing is visible until `commit` returns."""
 
     def add_mailbox(self, mailbox_id: int) -> None: ...
+    def add_outbound(self, envelope: OutboundEnvelope) -> None:
+        """Queue the message for remote recipients too, in the same commit."""
     def body(self, data: bytes, meta: MetaSource, flags: frozenset[str] = frozenset()) -> None:
         """The content (CRLF line ends) and what was parsed of it (or how to parse it)."""
     async def commit(self) -> list[int]:
@@ -395,6 +517,7 @@ class AdminStores:
     accounts: Accounts
     aliases: Aliases
     mailboxes: MailboxCatalogue
+    queue: MailQueue
     closer: Callable[[], None]
 
     def close(self) -> None:
@@ -415,6 +538,7 @@ class Stores:
     changes: ChangeFeed
     log: ChangeLog
     maintenance: Maintenance
+    queue: MailQueue
     closer: Callable[[], None]  # commits what is queued, then closes; blocking
 
     def close(self) -> None:

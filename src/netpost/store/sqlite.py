@@ -46,8 +46,9 @@ from netpost.store.interfaces import (
     StoreError,
 )
 from netpost.store.sqlitedb import DURABLE, ThreadConnections
+from netpost.store.sqlqueue import SCHEMA_V4, insert_outbound
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (
@@ -152,7 +153,7 @@ INSERT INTO subscriptions (account_id, name)
 """
 
 # version -> the script that brings version - 1 to it
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: SCHEMA_V4}
 
 _MESSAGE_COLUMNS = "m.mailbox_id, m.uid, m.sha256, b.size, m.size, m.internaldate, m.modseq, \
 m.flags, m.has_dot_lines"
@@ -588,9 +589,10 @@ class SQLiteStore:
         for d in deliveries:
             for mailbox_id in d.mailbox_ids:
                 wanted[mailbox_id] = wanted.get(mailbox_id, 0) + 1
-            if d.mailbox_ids:
+            copies = len(d.mailbox_ids) + (d.outbound is not None)
+            if copies:
                 entry = refs.setdefault(d.blob.sha256, [d.blob.size, 0])
-                entry[1] += len(d.mailbox_ids)
+                entry[1] += copies
         result: list[list[int]] = []
         changes: list[Change] = []
         with self._write(changes) as conn:
@@ -632,6 +634,9 @@ class SQLiteStore:
                 "modseq, flags, has_dot_lines, headers) VALUES (?,?,?,?,?,?,?,?,?)",
                 messages,
             )
+            for d in deliveries:
+                if d.outbound is not None:
+                    insert_outbound(conn, d.outbound, d.blob, d.meta.size)
             changes.extend(self._changes(conn, feed, "append"))
         return result
 
@@ -987,17 +992,21 @@ class SQLiteStore:
     # -- consistency checks (netpost check) --------------------------------------------------
 
     def blob_accounting(self) -> list[tuple[str, int, int, int]]:
-        """(sha256, size, refcount, messages referencing it) for every blob row, and for every
-        digest messages reference without a row (size from the message, refcount -1)."""
+        """(sha256, size, refcount, messages and queued messages referencing it) for every
+        blob row, and for every digest referenced without a row (size from the message,
+        refcount -1)."""
         conn = self._conn()
         rows = conn.execute(
             "SELECT b.sha256, b.size, b.refcount, "
-            "(SELECT count(*) FROM messages m WHERE m.sha256 = b.sha256) FROM blobs b "
+            "(SELECT count(*) FROM messages m WHERE m.sha256 = b.sha256) + "
+            "(SELECT count(*) FROM queue_messages q WHERE q.sha256 = b.sha256) FROM blobs b "
             "ORDER BY b.sha256").fetchall()
         missing = conn.execute(
-            "SELECT m.sha256, max(m.size), -1, count(*) FROM messages m "
+            "SELECT sha256, max(size), -1, count(*) FROM "
+            "(SELECT sha256, size FROM messages UNION ALL "
+            " SELECT sha256, size FROM queue_messages) AS m "
             "WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = m.sha256) "
-            "GROUP BY m.sha256").fetchall()
+            "GROUP BY sha256").fetchall()
         return [tuple(r) for r in rows + missing]
 
     def repair_refcount(self, sha256: str, size: int, count: int) -> None:
