@@ -66,13 +66,13 @@ listeners = ["all"]
 
 
 def start_server(data: Path, config: str = CONFIG, extra: tuple[str, ...] = (),
-                 ports: dict[str, int] | None = None) -> Server:
-    """Start `netpost serve`; ports 0 unless given; waits for "ready"."""
+                 ports: dict[str, int] | None = None, host: str = "127.0.0.1") -> Server:
+    """Start `netpost serve` on `host`; ports 0 unless given; waits for "ready"."""
     data.mkdir(parents=True, exist_ok=True)
     (data / "netpost.toml").write_text(config)
     args = ["serve"]
     for name in LISTENER_NAMES:
-        args += ["--listen", f"{name}=127.0.0.1:{(ports or {}).get(name, 0)}"]
+        args += ["--listen", f"{name}={host}:{(ports or {}).get(name, 0)}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(netpost_cmd(data, *args, *extra), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)

@@ -216,11 +216,10 @@ def cmd_alias(args: argparse.Namespace) -> int:
         source = check_alias_source(args.source)
         target = check_address(args.target, "alias target")
         if args.action == "add":
-            if not stores.domains.has_domain(target.rpartition("@")[2]):
-                raise CLIError(f"alias target {target} is not in a local domain: forwarding "
-                               "to other domains needs the outbound queue, not built yet")
             aliases.add_alias(source, target)
-            print(f"added alias {source} -> {target}")
+            remote = not stores.domains.has_domain(target.rpartition("@")[2])
+            print(f"added alias {source} -> {target}"
+                  + (" (forwarded through the outbound queue)" if remote else ""))
         else:
             aliases.remove_alias(source, target)
             print(f"removed alias {source} -> {target}")
@@ -367,6 +366,74 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(t: float | None) -> str:
+    import time
+
+    if t is None:
+        return "-"
+    from netpost.store.interfaces import HELD
+
+    if t >= HELD:
+        return "held for ETRN"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    """The outbound queue: what waits, why, and when it is tried next."""
+    import time
+
+    with _store(args) as stores:
+        queue = stores.queue
+        if args.action == "list":
+            entries = queue.entries(limit=args.limit)
+            if not entries:
+                print("the queue is empty")
+                return 0
+            for e in entries:
+                m = e.message
+                print(f"{m.queue_id}  {m.blob.size:>9}  {_when(m.arrival)}  "
+                      f"<{m.mail_from}>")
+                for r in e.recipients:
+                    reason = f"  ({r.last_error})" if r.last_error else ""
+                    nxt = f" next {_when(r.next_attempt)}" if r.state in ("queued",
+                                                                         "deferred") else ""
+                    print(f"    {r.state:<9} <{r.address}> attempts {r.attempts}{nxt}{reason}")
+            counts = queue.queue_counts()
+            print("recipients: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+            return 0
+        if args.action == "flush":
+            n = queue.retry_now(time.time(), domain=args.id)
+            print(f"{n} recipients due now (the running server starts within seconds)")
+            return 0
+        if args.id is None:
+            raise CLIError(f"queue {args.action} needs a QUEUE_ID (see 'netpost queue list')")
+        entry = queue.entry(args.id)
+        if entry is None:
+            raise CLIError(f"no queued message {args.id} (it may have been delivered)")
+        if args.action == "show":
+            m = entry.message
+            print(f"queue id:  {m.queue_id}\nfrom:      <{m.mail_from}>\n"
+                  f"arrived:   {_when(m.arrival)}\nsize:      {m.blob.size}\n"
+                  f"submitted: {m.origin}\nbody:      sha256 {m.blob.sha256}\n"
+                  f"dsn:       RET={m.ret or '-'} ENVID={m.envid or '-'}\n"
+                  f"needs:     {'SMTPUTF8 ' if m.smtputf8 else ''}"
+                  f"{'8BITMIME' if m.eightbit else '7bit'}")
+            for r in entry.recipients:
+                print(f"to <{r.address}>: {r.state}, {r.attempts} attempts, last "
+                      f"{_when(r.last_attempt)}, next {_when(r.next_attempt)}"
+                      + (f", via {r.remote_mta}" if r.remote_mta else "")
+                      + (f"\n    last result: {r.status} {r.last_error}" if r.last_error
+                         else ""))
+            return 0
+        if args.action == "retry":
+            n = queue.retry_now(time.time(), queue_id=args.id)
+            print(f"{n} recipients of {args.id} due now")
+            return 0
+        queue.remove(args.id)
+        print(f"deleted {args.id} from the queue (no notice is sent to the sender)")
+        return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from netpost.net.trace import follow
 
@@ -429,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("alias", help="manage aliases (SOURCE delivers to TARGET)")
     a.add_argument("action", choices=["add", "list", "del"])
     a.add_argument("source", nargs="?", help="address or @domain (catch-all)")
-    a.add_argument("target", nargs="?", help="a local account's address")
+    a.add_argument("target", nargs="?", help="an address: a local account, or another "
+                   "domain's (forwarded through the outbound queue)")
     a.set_defaults(func=cmd_alias)
 
     g = sub.add_parser("gc", help="collect message bodies nothing references (server stopped)",
@@ -472,6 +540,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--mailbox", default="INBOX", help="mailbox to export (default INBOX)")
     ex.add_argument("--format", choices=["mbox", "maildir"], default="mbox")
     ex.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("queue", help="the outbound queue: list, show, retry, delete, flush",
+                       description="Mail waiting for other domains. list: each message with "
+                                   "its recipients' state, next attempt and last error; "
+                                   "show ID; retry ID (try now); delete ID (drop it, no "
+                                   "notice); flush [DOMAIN] (everything, or one domain's "
+                                   "mail incl. mail held for ETRN, is tried now).")
+    q.add_argument("action", choices=["list", "show", "retry", "delete", "flush"])
+    q.add_argument("id", nargs="?", metavar="QUEUE_ID|DOMAIN",
+                   help="a queue id from 'list' (flush: a domain)")
+    q.add_argument("--limit", type=int, default=1000, help="list at most this many messages")
+    q.set_defaults(func=cmd_queue)
 
     t = sub.add_parser("trace", help="follow the protocol trace live",
                        description="Print protocol trace lines as sessions talk.")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from netpost.registry import (
+    OUTBOUND_TRACE,
     Registry,
     TLSMode,
     Transport,
@@ -287,7 +288,7 @@ def set_listen(listen: dict[str, str], name: str, value: Any) -> None:
 
 def validate(cfg: Config, registry: Registry | None = None) -> None:
     registry = registry or default_registry()
-    names = registry.listener_names()
+    names = [*registry.listener_names(), OUTBOUND_TRACE]
     for name in cfg.trace.listeners:
         if name != "all" and name not in names:
             raise ConfigError(f"trace.listeners: unknown listener {name!r} "

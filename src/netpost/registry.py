@@ -31,7 +31,11 @@ BUILTIN: tuple[str, ...] = (
     "netpost.smtp.service",
     "netpost.pop3.service",
     "netpost.imap.service",
+    "netpost.relay.service",
 )
+
+# The trace name of outbound SMTP sessions (the relay's), beside the listeners' names.
+OUTBOUND_TRACE = "smtp-out"
 
 T = TypeVar("T")
 

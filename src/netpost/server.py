@@ -27,6 +27,7 @@ from netpost.net.trace import TraceLog
 from netpost.net.workers import Worker, WorkerPool, periodic
 from netpost.progress import ProgressBar
 from netpost.registry import (
+    OUTBOUND_TRACE,
     BuildContext,
     Registry,
     StreamHandler,
@@ -177,7 +178,10 @@ async def _serve(data_dir: Path, config: Config, announce: Callable[[str], None]
         await asyncio.to_thread(stores.close)
         raise
     trace_log = TraceLog(data_dir / config.trace.file) if config.trace.listeners else None
-    services = build_services(stores, config)
+    tracer = None
+    if trace_log is not None and config.traced(OUTBOUND_TRACE):
+        tracer = trace_log.session
+    services = build_services(stores, config, data_dir=data_dir, tracer=tracer)
     listeners, workers = build_listeners(registry, services, config, trace_log, ssl_ctx)
     workers.insert(0, periodic("garbage collection", GC_INTERVAL,
                                lambda: collect_garbage(stores.maintenance)))

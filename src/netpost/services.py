@@ -6,14 +6,28 @@ session: mailboxes and auth), so its dependencies are visible where it is made.
 
 from __future__ import annotations
 
+import logging
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netpost.auth.service import Authenticator
 from netpost.auth.throttle import FailureThrottle
 from netpost.config import Config
-from netpost.mail.delivery import LocalDelivery
+from netpost.mail.delivery import LocalDelivery, RelayPolicy, UnknownRecipient
 from netpost.mail.mailboxes import Mailboxes
 from netpost.store.interfaces import ChangeFeed, Stores
+
+if TYPE_CHECKING:
+    from netpost.mail.relay import Relay
+    from netpost.relay.service import RelayConfig
+
+log = logging.getLogger("netpost.relay")
+
+# Makes a tracer for an outbound session: (name, peer) -> trace(direction, line).
+Tracer = Callable[[str, str], Callable[[str, str], None]]
 
 
 @dataclass(frozen=True)
@@ -23,17 +37,79 @@ class Services:
     mailboxes: Mailboxes
     changes: ChangeFeed
     stores: Stores  # for services that build their own (a protocol's `build` may use them)
+    relay: Relay | None = None  # the outbound queue's runner ([relay] enabled)
 
 
-def build_services(stores: Stores, config: Config) -> Services:
+def relay_config(config: Config) -> RelayConfig:
+    from netpost.relay.service import RelayConfig
+
+    settings = config.services.get("relay")
+    return settings if isinstance(settings, RelayConfig) else RelayConfig()
+
+
+def build_services(stores: Stores, config: Config, *, data_dir: Path | None = None,
+                   tracer: Tracer | None = None) -> Services:
     a = config.auth
     throttle = FailureThrottle(a.failure_delay, a.failure_max_delay, a.failure_window)
+    rc = relay_config(config)
+    held = frozenset(d.lower().rstrip(".") for d in rc.etrn_domains)
+    delivery = LocalDelivery(stores.domains, stores.accounts, stores.aliases,
+                             stores.mailboxes, stores.delivery, config.server.hostname,
+                             RelayPolicy(rc.enabled, held))
+    relay = build_relay(stores, config, rc, delivery, data_dir, tracer) if rc.enabled else None
+    if relay is not None:
+        delivery.queued = relay.wake
     return Services(
         auth=Authenticator(stores.accounts, throttle),
-        delivery=LocalDelivery(stores.domains, stores.accounts, stores.aliases,
-                               stores.mailboxes, stores.delivery, config.server.hostname),
+        delivery=delivery,
         mailboxes=Mailboxes(stores.mailboxes, stores.messages, stores.blobs, stores.changes,
                             stores.delivery),
         changes=stores.changes,
         stores=stores,
+        relay=relay,
     )
+
+
+def build_relay(stores: Stores, config: Config, rc: RelayConfig, delivery: LocalDelivery,
+                data_dir: Path | None, tracer: Tracer | None) -> Relay:
+    from netpost.mail.dns import Resolver
+    from netpost.mail.relay import Relay, RelayOptions
+    from netpost.smtp.outbound import Timeouts
+
+    smarthost = None
+    auth = None
+    if rc.smarthost:
+        host, _, port = rc.smarthost.rpartition(":") if ":" in rc.smarthost else (
+            rc.smarthost, "", "")
+        smarthost = (host.strip("[]"), int(port) if port else 587)
+        if rc.smarthost_user:
+            password = Path(rc.smarthost_password_file).read_text().strip()
+            auth = (rc.smarthost_user, password)
+    verify = ssl.create_default_context(cafile=rc.ca_file or None)
+    verify.minimum_version = ssl.TLSVersion.TLSv1_2
+    t = rc.command_timeout
+    timeouts = Timeouts(connect=rc.connect_timeout, greeting=t, mail=t, rcpt=t,
+                        data_init=min(t, 120.0), data_block=min(t, 180.0), data_end=2 * t)
+    options = RelayOptions(
+        hostname=config.server.hostname, remote_port=rc.remote_port, smarthost=smarthost,
+        smarthost_auth=auth, source_address=rc.source_address or None, tls=rc.tls,
+        verify_context=verify, mta_sts=rc.mta_sts, mta_sts_port=rc.mta_sts_port,
+        first_retry=rc.first_retry, max_retry=rc.max_retry, max_age=rc.max_age,
+        delay_warning=rc.delay_warning, connections=rc.connections,
+        connections_per_domain=rc.connections_per_domain, timeouts=timeouts,
+        held_domains=delivery.relay.held_domains,
+    )
+    resolver = Resolver(list(rc.nameservers) or None)
+
+    async def notify(report: bytes, recipient: str) -> None:
+        # RFC 3461 6 / RFC 5321 4.5.5: notices go out with the null reverse-path.
+        try:
+            await delivery.submit(report, mail_from="", recipients=[recipient],
+                                  origin="delivery notice")
+        except UnknownRecipient:
+            # A local sender that no longer exists: nobody to tell (RFC 3464 has no
+            # notice about a notice); dropped with a log line.
+            log.warning("delivery notice for <%s> dropped: no such local user", recipient)
+
+    return Relay(stores.queue, stores.blobs, options, resolver, notify=notify, trace=tracer,
+                 policy_dir=data_dir / "mta-sts" if data_dir is not None else None)

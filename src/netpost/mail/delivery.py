@@ -12,13 +12,21 @@ import functools
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from netpost.mail.address import normalize_address as normalize
 from netpost.mail.address import normalize_domain, split_address
 from netpost.mail.message import parse_meta
-from netpost.store.interfaces import Accounts, Aliases, DeliveryTarget, Domains, MailboxCatalogue
+from netpost.store.interfaces import (
+    Accounts,
+    Aliases,
+    DeliveryTarget,
+    Domains,
+    MailboxCatalogue,
+    OutboundEnvelope,
+    OutboundRecipient,
+)
 
 MAX_ALIAS_DEPTH = 8
 # Queue ids for Received: and the 250 reply: a random per-process prefix and a counter, so that
@@ -35,6 +43,24 @@ RESOLVE_TTL = 1.0
 class Recipient:
     address: str
     mailbox_ids: tuple[int, ...]  # INBOX of every account it resolves to
+    remote: tuple[str, ...] = ()  # addresses in other domains it goes to (the queue's)
+
+
+@dataclass(frozen=True)
+class RelayPolicy:
+    """What the outbound queue takes: mail for other domains at all, and which client
+    domains wait for ETRN (RFC 1985)."""
+
+    enabled: bool = False
+    held_domains: frozenset[str] = frozenset()
+
+    def holds(self, address: str) -> bool:
+        return split_address(address)[1] in self.held_domains
+
+
+# RFC 3461 NOTIFY and ORCPT of one recipient, as the client gave them.
+DSNParams = tuple[frozenset[str] | None, tuple[str, str] | None]
+MAX_HOPS = 50  # RFC 5321 6.3: a message with more Received: fields is looping
 
 
 class UnknownRecipient(Exception):
@@ -47,7 +73,11 @@ class NotLocal(Exception):
 
 class LocalDelivery:
     def __init__(self, domains: Domains, accounts: Accounts, aliases: Aliases,
-                 mailboxes: MailboxCatalogue, target: DeliveryTarget, hostname: str) -> None:
+                 mailboxes: MailboxCatalogue, target: DeliveryTarget, hostname: str,
+                 relay: RelayPolicy | None = None) -> None:
+        self.relay = relay or RelayPolicy()
+        # Called once a message with remote recipients is committed (the relay's wake-up).
+        self.queued: Callable[[], None] | None = None
         self.domains = domains
         self.accounts = accounts
         self.aliases = aliases
@@ -88,12 +118,18 @@ class LocalDelivery:
         if not self.is_local_domain(domain):
             raise NotLocal(address)
         boxes: list[int] = []
-        self._expand(address, boxes, set(), 0)
-        if not boxes:
+        remote: list[str] = []
+        self._expand(address, boxes, remote, set(), 0)
+        if not boxes and not remote:
             raise UnknownRecipient(address)
-        return Recipient(address, tuple(dict.fromkeys(boxes)))
+        return Recipient(address, tuple(dict.fromkeys(boxes)), tuple(dict.fromkeys(remote)))
 
-    def _expand(self, address: str, boxes: list[int], seen: set[str], depth: int) -> None:
+    def remote(self, address: str) -> Recipient:
+        """A recipient in another domain, for the outbound queue."""
+        return Recipient(normalize(address), (), (normalize(address),))
+
+    def _expand(self, address: str, boxes: list[int], remote: list[str], seen: set[str],
+                depth: int) -> None:
         if address in seen or depth > MAX_ALIAS_DEPTH:
             return
         seen.add(address)
@@ -106,7 +142,9 @@ class LocalDelivery:
         for target in self.aliases.alias_targets(address):
             target = normalize(target)
             if self.is_local_domain(split_address(target)[1]):
-                self._expand(target, boxes, seen, depth + 1)
+                self._expand(target, boxes, remote, seen, depth + 1)
+            elif self.relay.enabled:
+                remote.append(target)  # forwarding through the queue
 
     def owns(self, account_address: str, sender: str) -> bool:
         """May the logged-in account use `sender` as MAIL FROM? Its own address, or an exact
@@ -121,21 +159,32 @@ class LocalDelivery:
 
     async def deliver(self, content: bytes, *, mail_from: str, recipients: Sequence[Recipient],
                       helo: str | None, client_ip: str, with_protocol: str,
-                      tls: str | None, authenticated: str | None) -> str:
-        """Store `content` with trace fields in every recipient's INBOX; durable on return.
-        Returns the id written in the Received: field."""
+                      tls: str | None, authenticated: str | None,
+                      dsn: Mapping[str, DSNParams] | None = None, ret: str | None = None,
+                      envid: str | None = None, smtputf8: bool = False,
+                      trace: bytes | None = None) -> str:
+        """Store `content` with trace fields in every recipient's INBOX, and in the outbound
+        queue for the remote ones; durable on return.  Returns the id written in the
+        Received: field.  `dsn` holds the NOTIFY/ORCPT of recipients that gave them, by
+        address."""
         msg_id = f"{_ID_PREFIX}{next(_ids):06X}"
         now = time.time()
-        trace = trace_fields(
-            mail_from=mail_from, helo=helo, client_ip=client_ip, hostname=self.hostname,
-            with_protocol=with_protocol, msg_id=msg_id, tls=tls, authenticated=authenticated,
-            for_address=recipients[0].address if len(recipients) == 1 else None, when=now,
-        )
+        if trace is None:
+            trace = trace_fields(
+                mail_from=mail_from, helo=helo, client_ip=client_ip, hostname=self.hostname,
+                with_protocol=with_protocol, msg_id=msg_id, tls=tls,
+                authenticated=authenticated,
+                for_address=recipients[0].address if len(recipients) == 1 else None, when=now,
+            )
         data = trace + content
         tx = self.target.begin()
         for recipient in recipients:
             for mailbox_id in recipient.mailbox_ids:
                 tx.add_mailbox(mailbox_id)
+        outbound = self._outbound(msg_id, mail_from, recipients, data, now, dsn or {}, ret,
+                                  envid, smtputf8, authenticated or client_ip)
+        if outbound is not None:
+            tx.add_outbound(outbound)
         tx.body(data, functools.partial(parse_meta, data, now))  # parsed off the event loop
         # A stuck disk must not hold the session forever: the client gets 451 and retries
         # (SMTP is at-least-once; a late commit then means a duplicate, never a loss).
@@ -144,7 +193,58 @@ class LocalDelivery:
         except BaseException:
             tx.abort()
             raise
+        if outbound is not None and self.queued is not None:
+            self.queued()
         return msg_id
+
+    def _outbound(self, msg_id: str, mail_from: str, recipients: Sequence[Recipient],
+                  data: bytes, now: float, dsn: Mapping[str, DSNParams], ret: str | None,
+                  envid: str | None, smtputf8: bool, origin: str) -> OutboundEnvelope | None:
+        out: dict[str, OutboundRecipient] = {}
+        for recipient in recipients:
+            notify, orcpt = dsn.get(recipient.address, (None, None))
+            for address in recipient.remote:
+                if address in out:
+                    continue
+                # RFC 3461 5.2.3 (forwarding): the original recipient is kept as ORCPT.
+                if orcpt is None and address != recipient.address:
+                    orcpt_here: tuple[str, str] | None = ("rfc822", recipient.address)
+                else:
+                    orcpt_here = orcpt
+                out[address] = OutboundRecipient(address, notify, orcpt_here,
+                                                 held=self.relay.holds(address))
+        if not out:
+            return None
+        needs_utf8 = smtputf8 or not mail_from.isascii() or any(
+            not a.isascii() for a in out)
+        return OutboundEnvelope(queue_id=msg_id, mail_from=mail_from,
+                                recipients=tuple(out.values()), arrival=now, ret=ret,
+                                envid=envid, smtputf8=needs_utf8, eightbit=not data.isascii(),
+                                origin=origin)
+
+    async def submit(self, content: bytes, *, mail_from: str, recipients: Sequence[str],
+                     origin: str) -> str:
+        """Mail netpost itself sends (delivery notices; later the web UI): to local mailboxes
+        or through the queue.  Recipients that are neither are skipped (logged by the
+        caller's result); raises UnknownRecipient if none is left."""
+        resolved: list[Recipient] = []
+        for address in recipients:
+            try:
+                resolved.append(self.resolve(address))
+            except NotLocal:
+                if self.relay.enabled:
+                    resolved.append(self.remote(address))
+            except UnknownRecipient:
+                continue
+        if not resolved:
+            raise UnknownRecipient(", ".join(recipients))
+        now = time.time()
+        received = (f"Received: by {self.hostname} (netpost {origin}); "
+                    f"{email.utils.formatdate(now, localtime=False)}\r\n")
+        trace = f"Return-Path: <{mail_from}>\r\n{received}".encode()
+        return await self.deliver(content, mail_from=mail_from, recipients=resolved, helo=None,
+                                  client_ip="", with_protocol="local", tls=None,
+                                  authenticated=None, trace=trace)
 
 
 def trace_fields(*, mail_from: str, helo: str | None, client_ip: str, hostname: str,

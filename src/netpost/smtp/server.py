@@ -8,8 +8,15 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from netpost.auth.service import Authenticator
-from netpost.mail.address import normalize_address
-from netpost.mail.delivery import LocalDelivery, NotLocal, Recipient, UnknownRecipient
+from netpost.mail.address import normalize_address, split_address
+from netpost.mail.delivery import (
+    MAX_HOPS,
+    DSNParams,
+    LocalDelivery,
+    NotLocal,
+    Recipient,
+    UnknownRecipient,
+)
 from netpost.net.session import Engine, Session
 from netpost.smtp.protocol import (
     AuthRequest,
@@ -47,6 +54,7 @@ class SMTPSession(Session):
         self.delivery = delivery
         self.auth = auth
         self.recipients: dict[str, Recipient] = {}
+        self.dsn: dict[str, DSNParams] = {}
 
     def make_engine(self) -> Engine:
         settings = self.settings
@@ -74,7 +82,7 @@ class SMTPSession(Session):
             return
         try:
             if isinstance(event, RcptTo):
-                smtp.send(self.rcpt(event.address))
+                smtp.send(self.rcpt(event))
             elif isinstance(event, MessageData):
                 smtp.send(await self.data(event))
             elif isinstance(event, MailFrom):
@@ -98,6 +106,7 @@ class SMTPSession(Session):
 
     def mail_from(self, address: str) -> Reply:
         self.recipients = {}
+        self.dsn = {}
         user = self.smtp.authenticated_as
         if self.settings.submission and user is not None and address:
             # RFC 6409 8.1 lets a submission server check the sender: only the account's
@@ -106,23 +115,49 @@ class SMTPSession(Session):
                 return Reply(553, "5.7.1", f"Sender address <{address}> is not owned by {user}")
         return OK_SENDER
 
-    def rcpt(self, address: str) -> Reply:
+    def rcpt(self, event: RcptTo) -> Reply:
+        address = event.address
         try:
             recipient = self.delivery.resolve(address)
         except NotLocal:
-            if self.settings.submission:
-                return Reply(550, "5.7.1", f"<{address}>: delivery to other domains is not "
-                             "available yet (netpost has no outbound queue); local domains only")
-            # RFC 5321 3.6.2: no open relay.
-            return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
+            refused = self._refuse_remote(address)
+            if refused is not None:
+                return refused
+            recipient = self.delivery.remote(address)
         except UnknownRecipient:
             return Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: "
                          "no such user here")
-        self.recipients[normalize_address(address)] = recipient
+        key = normalize_address(address)
+        self.recipients[key] = recipient
+        notify = getattr(event, "notify", None)
+        orcpt = getattr(event, "orcpt", None)
+        if notify is not None or orcpt is not None:
+            self.dsn[recipient.address] = (notify, orcpt)
         return OK_RCPT
+
+    def _refuse_remote(self, address: str) -> Reply | None:
+        """May this session hand mail for another domain to the queue?"""
+        relay = self.delivery.relay
+        domain = split_address(address)[1]
+        if self.settings.submission and self.smtp.authenticated_as is not None:
+            if not relay.enabled:
+                return Reply(550, "5.7.1", f"<{address}>: delivery to other domains is "
+                             "turned off here ([relay] enabled = false); local domains only")
+            if domain.startswith("["):
+                return Reply(550, "5.7.1", f"<{address}>: address literals are not relayed; "
+                             "use a domain name")
+            return None
+        if relay.enabled and relay.holds(address):
+            return None  # a client domain we keep mail for until its ETRN (RFC 1985)
+        # RFC 5321 3.6.2: no open relay.
+        return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
 
     async def data(self, event: MessageData) -> Reply:
         recipients = [self.recipients[normalize_address(a)] for a in event.recipients]
+        if _hops(event.data) > MAX_HOPS:
+            # RFC 5321 6.3: too many Received: fields means a mail loop.
+            return Reply(554, "5.4.6", f"Too many hops (more than {MAX_HOPS} Received: "
+                         "fields): mail loop")
         tls = self.tls_description()
         auth = self.smtp.authenticated_as
         # RFC 3848 "with" keywords.
@@ -133,11 +168,22 @@ class SMTPSession(Session):
             msg_id = await self.delivery.deliver(
                 event.data, mail_from=event.mail_from, recipients=recipients,
                 helo=self.smtp.helo_domain, client_ip=self.peer, with_protocol=proto, tls=tls,
-                authenticated=auth,
+                authenticated=auth, dsn=self.dsn, ret=getattr(event, "ret", None),
+                envid=getattr(event, "envid", None), smtputf8=event.smtputf8,
             )
         except Exception:
             log.exception("delivery failed")
             return Reply(451, "4.3.0", "Local error in processing, message not stored; "
                          "try again later")
         self.recipients = {}
+        self.dsn = {}
+        if any(r.remote for r in recipients):
+            return Reply(250, "2.0.0", f"Ok: queued as {msg_id}")
         return Reply(250, "2.0.0", f"Ok: stored as {msg_id}")
+
+
+def _hops(data: bytes) -> int:
+    """Received: fields in the header section."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[: end + 2]
+    return head.lower().count(b"\nreceived:") + head[:9].lower().startswith(b"received:")

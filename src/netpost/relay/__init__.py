@@ -1,0 +1,1 @@
+"""The relay: the outbound queue's runner, delivering queued mail to other domains by MX."""
