@@ -54,11 +54,14 @@ __all__ = [
 
 
 class SMTPProtocolError(Exception):
-    """The server's bytes are not SMTP replies; `reason` says why in a few words."""
+    """The server's bytes are not SMTP replies; `reason` says why in a few words.
 
-    def __init__(self, reason: str) -> None:
+    `replies`: those the same `ReplyReader.feed()` call completed before the error."""
+
+    def __init__(self, reason: str, replies: tuple[ServerReply, ...] = ()) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.replies = replies
 
 
 @dataclass(frozen=True)
@@ -130,20 +133,24 @@ class ReplyReader:
         self._code = b""
 
     def feed(self, data: bytes) -> list[ServerReply]:
-        """Add bytes; return every reply they complete, in order."""
+        """Add bytes; return every reply they complete, in order.
+
+        Raises SMTPProtocolError (carrying the replies completed before it) at the first
+        malformed or out-of-bounds line, and again on every later call."""
         if self._error is not None:
-            raise self._error
+            raise SMTPProtocolError(self._error.reason)
+        replies: list[ServerReply] = []
         try:
-            return self._feed(data)
+            self._feed(data, replies)
         except SMTPProtocolError as exc:
             self._error = exc
             self.discard()
-            raise
+            raise SMTPProtocolError(exc.reason, tuple(replies)) from None
+        return replies
 
-    def _feed(self, data: bytes) -> list[ServerReply]:
+    def _feed(self, data: bytes, replies: list[ServerReply]) -> None:
         buf = self._buf
         buf += data
-        replies: list[ServerReply] = []
         pos = 0
         while True:
             lf = buf.find(b"\n", pos + self._scan)
@@ -162,7 +169,6 @@ class ReplyReader:
             if reply is not None:
                 replies.append(reply)
         del buf[:pos]
-        return replies
 
     def _line(self, line: bytes) -> ServerReply | None:
         m = _REPLY_LINE_RE.match(line)
@@ -560,11 +566,12 @@ class SMTPClient:
             return
         if self.state == TLS_WAIT:
             return  # RFC 3207 5: plaintext after the 220 to STARTTLS is not trusted
+        error: SMTPProtocolError | None = None
         try:
-            replies = self._reader.feed(data)
+            replies: Sequence[ServerReply] = self._reader.feed(data)
         except SMTPProtocolError as exc:
-            self._fail(f"protocol error: {exc.reason}", None)
-            return
+            error = exc
+            replies = exc.replies
         for reply in replies:
             if self.state == DONE:
                 break
@@ -574,7 +581,9 @@ class SMTPClient:
                 # RFC 3207 5 (and CVE-2011-0411 in reverse): replies that arrived with
                 # the 220 were not protected by TLS; drop them.
                 self._reader.discard()
-                break
+                return
+        if error is not None:
+            self._fail(f"protocol error: {error.reason}", None)
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
