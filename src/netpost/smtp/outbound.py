@@ -247,8 +247,10 @@ class OutboundConnection:
             await self._writer.start_tls(ssl_context, server_hostname=server_name,
                                          ssl_handshake_timeout=self._timeouts.tls_handshake)
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
-            detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) \
-                or str(exc) or type(exc).__name__
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                detail = f"certificate verification failed: {exc.verify_message}"
+            else:
+                detail = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             prefix = "TLS required: " if required else ""
             raise self._break(DeliveryError(
                 f"{prefix}TLS handshake with {self.peer} failed: {detail}", True)) from None
