@@ -463,3 +463,43 @@ def test_check_then_strip_round_trip(zone: ZoneServer, keys: Path) -> None:
     assert authcheck.strip_our_results(stamped, HOST) == original
     again = run_check(zone, stamped)
     assert [d.result for d in again.dkim] == ["pass"]
+
+
+# --- end to end: Knot DNS and netpost's resolver -----------------------------------------------
+
+
+def test_end_to_end_with_knot_and_netpost_resolver(keys: Path) -> None:
+    """The same checks through netpost.mail.dns.Resolver against a real authoritative server
+    (Knot, tests/support/dns.py): a signed message from an authorised address passes all
+    three, a forged one from another sender fails DMARC with p=reject."""
+    from netpost.mail.dns import Resolver
+    from tests.support.dns import DNSServer, txt
+
+    name, value = dkim.dkim_record(keys, "example.test")
+    zones = {
+        "example.test": [txt(name + ".", value), txt("@", "v=spf1 ip4:127.0.0.0/8 -all"),
+                         txt("_dmarc", "v=DMARC1; p=reject; sp=quarantine")],
+        "evil.test": [txt("@", "v=spf1 ip4:127.0.0.0/8 -all")],
+    }
+    with DNSServer(zones) as ns:
+        resolver = Resolver([ns.address], timeout=3.0)
+
+        def run(msg: bytes, mail_from: str) -> authcheck.AuthVerdict:
+            return asyncio.run(authcheck.check(
+                msg, client_ip="127.0.0.2", helo="client.example.test", mail_from=mail_from,
+                resolver=resolver, hostname=HOST))
+
+        good = run(signed(keys), "alice@example.test")
+        assert ([d.result for d in good.dkim], good.spf.result, good.dmarc) == \
+            (["pass"], "pass", "pass")
+        assert b"dkim=pass header.d=example.test" in good.header
+        assert b"spf=pass" in good.header and b"dmarc=pass" in good.header
+
+        tampered = run(signed(keys).replace(b"Hello.", b"Hi."), "alice@example.test")
+        assert ([d.result for d in tampered.dkim], tampered.dmarc) == (["fail"], "pass")
+
+        forged = run(message(), "mallory@evil.test")
+        assert (forged.spf.result, forged.dmarc, forged.disposition) == \
+            ("pass", "fail", "reject")
+        sub = run(message(from_="a@billing.example.test"), "mallory@evil.test")
+        assert (sub.dmarc, sub.disposition) == ("fail", "quarantine")

@@ -167,3 +167,60 @@ def test_lf_message_signs(data_dir: Path) -> None:
     lf = MESSAGE.replace(b"\r\n", b"\n")
     signed = ours.sign(lf, "example.test", data_dir) + MESSAGE
     assert verify(signed, dns_of(data_dir, "example.test"))
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_cli_domain_add_makes_key_and_dkim_commands(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    data = tmp_path / "d"
+    r = run_cli(data, "domain", "add", "Example.TEST")
+    assert r.returncode == 0, r.stderr
+    key = ours.current_key(data, "example.test")
+    assert key is not None
+    name, value = ours.dkim_record(data, "example.test")
+    assert f"name:  {name}" in r.stdout and f"value: {value}" in r.stdout
+
+    r = run_cli(data, "dkim", "show", "example.test")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert f"  name:  {name}" in lines and f"  value: {value}" in lines
+    zone = next(line for line in lines if line.startswith("  zone:"))
+    strings = re.findall(r'"([^"]*)"', zone)
+    assert "".join(strings) == value and all(len(s) <= 255 for s in strings)
+    assert zone.split()[1] == name + "."
+
+    r = run_cli(data, "domain", "add", "example.test")  # again: the same key is shown
+    assert ours.current_key(data, "example.test") == key
+
+    r = run_cli(data, "dkim", "new", "example.test", "--selector", "next")
+    assert r.returncode == 0, r.stderr
+    assert f"selector {key.selector} published" in r.stdout
+    assert "next._domainkey.example.test" in r.stdout
+    r = run_cli(data, "dkim", "list")
+    assert r.stdout.splitlines() == [f"example.test {key.selector}",
+                                     "example.test next (current)"]
+    # the new key signs, and dkimpy verifies with the record `show` prints
+    _, new_value = ours.dkim_record(data, "example.test")
+    assert f"value: {new_value}" in run_cli(data, "dkim", "show", "example.test").stdout
+    assert verify(ours.sign(MESSAGE, "example.test", data) + MESSAGE,
+                  {b"next._domainkey.example.test.": new_value.encode()})
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    data = tmp_path / "d"
+    assert run_cli(data, "domain", "add", "example.test").returncode == 0
+    for args, message in [
+        (("dkim", "new", "other.test"), "unknown domain other.test"),
+        (("dkim", "show", "other.test"), "other.test has no DKIM key"),
+        (("dkim", "show"), "needs DOMAIN"),
+        (("dkim", "new", "example.test", "--selector", "../x"), "not a valid selector"),
+        (("dkim", "show", "bad domain"), "not a valid domain"),
+    ]:
+        r = run_cli(data, *args)
+        assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
+        assert r.stderr.count("\n") == 1

@@ -172,7 +172,7 @@ def current_key(data_dir: Path, domain: str) -> DKIMKey | None:
 
 
 def list_keys(data_dir: Path, domain: str | None = None) -> list[DKIMKey]:
-    """Every key (of `domain`, or of every domain), by domain then selector."""
+    """Every key (of `domain`, or of every domain), by domain, oldest key first."""
     root = Path(data_dir) / DKIM_DIR
     if domain is not None:
         directories = [root / _domain(domain)]
@@ -183,7 +183,8 @@ def list_keys(data_dir: Path, domain: str | None = None) -> list[DKIMKey]:
         if not directory.is_dir():
             continue
         current = current_key(data_dir, directory.name)
-        for path in sorted(directory.glob("*.key"), key=lambda p: p.stem):
+        paths = sorted(directory.glob("*.key"), key=lambda p: (p.stat().st_mtime_ns, p.stem))
+        for path in paths:
             keys.append(DKIMKey(directory.name, path.stem, path,
                                 current=current is not None and current.path == path))
     return keys
