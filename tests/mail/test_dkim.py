@@ -224,3 +224,18 @@ def test_cli_errors(tmp_path: Path) -> None:
         r = run_cli(data, *args)
         assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
         assert r.stderr.count("\n") == 1
+
+
+def test_signature_is_dkimpys_byte_for_byte(data_dir: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RSA step runs in OpenSSL; everything else is dkimpy's: with the same t= the field
+    must be exactly what dkimpy makes on its own (RSASSA-PKCS1-v1_5 is deterministic)."""
+    monkeypatch.setattr(dkim.time, "time", lambda: 1_800_000_000.0)
+    key = ours.current_key(data_dir, "example.test")
+    assert key is not None
+    fields = [b"from", b"to", b"subject", b"date", b"message-id", b"from"]
+    reference = dkim.sign(MESSAGE, key.selector.encode(), b"example.test",
+                          key.path.read_bytes(), canonicalize=(b"relaxed", b"relaxed"),
+                          include_headers=fields, linesep=b"\r\n")
+    assert ours.sign(MESSAGE, "example.test", data_dir) == reference
+    assert b"t=1800000000" in reference
