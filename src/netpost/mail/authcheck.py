@@ -5,11 +5,12 @@ Authentication-Results field (RFC 8601).
 the DMARC result and the policy the sender's domain asks for.  What to do with a failing
 message (refuse, Junk, keep) is the caller's decision; this module only judges.
 
-The cryptography and the SPF rules are dkimpy's and pyspf's.  DMARC is evaluated here: it is
-a policy record lookup and a comparison of domains (RFC 7489 3.1, 6.6), which the libraries
-that wrap all three (authheaders) do not let us point at our own resolver without patching
-module globals, and do not honour pct=.  The Organizational Domain comes from the Public
-Suffix List snapshot bundled with `publicsuffixlist` (never fetched at run time).
+The cryptography and the SPF rules are dkimpy's and pyspf's.  DMARC is evaluated here rather
+than through a wrapper of all three (authheaders): it is a policy record lookup and a comparison
+of domains (RFC 7489 3.1, 6.6), and doing it here keeps every query on our resolver and the
+mapping of DNS errors (temperror versus no record) in our hands.  The Organizational Domain
+comes from the Public Suffix List snapshot bundled with `publicsuffixlist` (never fetched at
+run time).
 
 Every DNS query goes through the dnspython resolver the caller configures (its nameservers
 and port, never /etc/resolv.conf unless the caller built it so): dkimpy takes a `dnsfunc`,

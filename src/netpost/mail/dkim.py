@@ -12,10 +12,9 @@ signed with it has been delivered, then both can go).  The public half is publis
 TXT record at ``<selector>._domainkey.<domain>`` (RFC 6376 3.6.2.1); `dkim_record` gives it.
 
 `sign` returns the DKIM-Signature field for a message, or b"" when the domain has no key
-(then the caller sends the message unsigned).  The signature itself comes from dkimpy; the
-keys and the RSA step from `cryptography`.  Signing is CPU work (about 2 ms for a 10 KiB
-message with RSA-2048): call it
-off the event loop.
+(then the caller sends the message unsigned).  Canonicalization and the field are dkimpy's; the
+keys and the RSA step are `cryptography`'s.  Signing is CPU work (about 2 ms for a 10 KiB
+message with RSA-2048): call it off the event loop.
 """
 
 from __future__ import annotations
