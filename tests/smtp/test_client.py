@@ -641,3 +641,10 @@ def test_api_misuse() -> None:
     c = ready()
     with pytest.raises(ValueError):
         c.start_transaction("a@x.example", [], b"x")
+    with pytest.raises(ValueError):
+        c.start_transaction("a@x.example\r\nRCPT TO:<evil@x>", rcpts("b@y.example"), b"x")
+    with pytest.raises(ValueError):
+        c.start_transaction("a@x.example", [OutRecipient("b@y", ("NEVER", "SUCCESS"))], b"x")
+    with pytest.raises(ValueError):
+        c.start_transaction("a@x.example", rcpts("b@y.example"), b"x", ret="ALL")
+    assert c.data_to_send() == b""

@@ -627,6 +627,17 @@ class SMTPClient:
         rcpts = tuple(recipients)
         if not rcpts:
             raise ValueError("no recipients")
+        for address in [mail_from, *(r.address for r in rcpts)]:
+            if _CTRL_RE.search(address) or "\t" in address:
+                # Never let an address carry a line break into the command stream.
+                raise ValueError(f"control character in address {address!r}")
+        if ret is not None and ret.upper() not in ("FULL", "HDRS"):
+            raise ValueError(f"RET must be FULL or HDRS, not {ret!r}")  # RFC 3461 4.3
+        for r in rcpts:
+            if r.notify and not (
+                    {n.upper() for n in r.notify} <= {"SUCCESS", "FAILURE", "DELAY"}
+                    or [n.upper() for n in r.notify] == ["NEVER"]):
+                raise ValueError(f"bad NOTIFY {r.notify!r}")  # RFC 3461 4.1
         ext = self.extensions
         content = normalize_crlf(content)
         eightbit = eightbit or not content.isascii()
