@@ -249,7 +249,6 @@ class PostfixPeer:
         self._postconf("-M#", "smtp/inet")  # nothing on port 25
         self._postconf("-Me", f"{listen}/inet = {listen} inet n - n - - smtpd")
         self._postconf("-F", "*/*/chroot = n")  # no chroot jail to populate
-        self._run(POSTFIX, "-c", str(conf), "check")
         self._run(POSTFIX, "-c", str(conf), "start")
         _wait_banner(self.host, self.port, START_TIMEOUT)
 
