@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import datetime
 import email.policy
+import io
 import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import Message, MIMEPart
 from email.utils import format_datetime, make_msgid
@@ -55,6 +57,7 @@ _STATUS_RE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 _DIAG_TYPE_RE = re.compile(r"([A-Za-z][A-Za-z0-9-]*)[ \t]*;[ \t]*(.*)", re.DOTALL)
 _CONTROLS_RE = re.compile(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]+")
 _SPACES_RE = re.compile(r" {2,}")
+_BARE_EOL_RE = re.compile(rb"\r\n|\r|\n")
 
 # Policies: CRLF line ends (RFC 5322 2.1); no folding below 998 octets (RFC 5322 2.1.1), so
 # the email package never rewrites a long report field as RFC 2047 encoded words.
@@ -138,8 +141,8 @@ def build_dsn(
     header_policy = _UTF8_POLICY if not (envelope_from + postmaster).isascii() else _POLICY
 
     report = MIMEPart(policy=header_policy)
-    report["From"] = Address("Mail Delivery System", addr_spec=postmaster)
-    report["To"] = Address(addr_spec=envelope_from)
+    report["From"] = _address(postmaster, "Mail Delivery System")
+    report["To"] = _address(envelope_from)
     report["Subject"] = _subject(recipients)
     report["Date"] = _date(now)
     report["Message-ID"] = make_msgid("dsn", domain=_ascii_host(reporting_mta))
@@ -154,7 +157,25 @@ def build_dsn(
         _status_part(reporting_mta, envid, arrival, recipients, global_report=global_report)
     )
     report.attach(returned)
-    return report.as_bytes(policy=header_policy)
+    out = io.BytesIO()
+    _VerbatimGenerator(out, policy=header_policy).flatten(report)
+    return out.getvalue()
+
+
+class _VerbatimGenerator(BytesGenerator):
+    """BytesGenerator that also writes a message/* payload given as text with its 8-bit
+    octets (held as surrogateescape characters) unchanged, as it already does for text/*."""
+
+    def _encode(self, s: str) -> bytes:
+        return s.encode("ascii", "surrogateescape")
+
+
+def _address(addr_spec: str, display_name: str = "") -> Address:
+    """A header address from an envelope address; a UTF-8 local part is allowed (RFC 6532)."""
+    local, _, domain = addr_spec.rpartition("@")
+    if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])  # RFC 5321 4.1.2 Quoted-string
+    return Address(display_name, username=_one_line(local), domain=_one_line(domain))
 
 
 # --- the human-readable part ------------------------------------------------------------------
@@ -385,6 +406,12 @@ def _returned_part(
     in a failure report, the header in delay and success reports.  Above MAX_RETURNED
     octets only the header is returned, whatever RET says.
     """
+    if original.count(b"\n") != original.count(b"\r\n") or original.count(b"\r") != (
+        original.count(b"\r\n")
+    ):
+        # RFC 5322 2.3: CR and LF only together.  What SMTP accepted always is so (netpost
+        # refuses bare ones); anything else gets CRLF so the report's structure holds.
+        original = _BARE_EOL_RE.sub(b"\r\n", original)
     failed = any(r.action == "failed" for r in recipients)
     whole = (ret is None and failed) or (ret is not None and ret.upper() == "FULL")
     if len(original) > MAX_RETURNED:
