@@ -7,9 +7,11 @@ import os
 import smtplib
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from tests.support.certs import TestCA
 from tests.support.postfix import OWNER_FILE, PostfixPeer, SmtpSink, clean_leftovers, free_port
 
 MESSAGE = (b"From: <sender@a.test>\r\nTo: <u1@b.test>\r\nSubject: fixture check\r\n"
@@ -95,3 +97,21 @@ def test_smtp_sink_counts() -> None:
         assert sink.count == 5
         port = sink.port
     assert not listening(port)
+
+
+def test_starttls_when_given_a_certificate(tmp_path: Path) -> None:
+    ca = TestCA()
+    with PostfixPeer(tls_cert=ca.issue("mx.b.test", directory=tmp_path)) as mx:
+        context = ca.client_context()
+        with smtplib.SMTP("127.0.0.1", mx.port) as smtp:
+            smtp.ehlo("client.test")
+            assert smtp.has_extn("starttls")
+            # smtplib checks the certificate against the host it connected to (127.0.0.1),
+            # so check the name by hand after the handshake instead.
+            context.check_hostname = False
+            smtp.starttls(context=context)
+            cert = smtp.sock.getpeercert()  # type: ignore[union-attr]
+            assert ("DNS", "mx.b.test") in cert["subjectAltName"]
+            smtp.sendmail("sender@a.test", ["u1@b.test"], MESSAGE)
+        [got] = mx.wait_for_messages("u1", 1)
+        assert b"using TLS" in got or b"with ESMTPS" in got
