@@ -2,13 +2,16 @@
 # Install the third-party clients the interop tests drive (Debian packages). As root this
 # installs them; otherwise it only says what is missing (the tests then fail naming the tool).
 # dovecot-core brings doveadm, whose dsync pulls an account over IMAP (imapc) in the IMAP tests.
+# knot is the authoritative DNS server the outbound-mail tests start (tests/support/dns.py);
+# postfix is the real MX peer and smtp-sink (tests/support/postfix.py), installed with the
+# debconf answer "No configuration" so no system instance is set up.
 # Also the build dependencies of Dovecot's imaptest, which tests/interop/imaptest_tool.py builds
 # from shared/tools/ into ~/.cache/netpost-tools (imaptest itself is not packaged in Debian).
 set -eu
-CLIENTS="swaks libnet-ssleay-perl curl msmtp mutt neomutt isync offlineimap3 fetchmail getmail6 mpop openssl dovecot-core"
+CLIENTS="knot postfix swaks libnet-ssleay-perl curl msmtp mutt neomutt isync offlineimap3 fetchmail getmail6 mpop openssl dovecot-core"
 IMAPTEST_BUILD="dovecot-dev build-essential autoconf automake libtool pkg-config libssl-dev zlib1g-dev"
 PACKAGES="$CLIENTS $IMAPTEST_BUILD"
-TOOLS="swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl doveadm"
+TOOLS="knotd knotc postfix postconf smtp-sink swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl doveadm"
 BUILD_TOOLS="autoreconf automake libtoolize pkg-config make cc"
 missing=""
 for t in $TOOLS $BUILD_TOOLS; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
@@ -21,6 +24,7 @@ perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing="$missing libnet-ssleay-perl"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing interop clients and imaptest build deps:$missing"
     export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null

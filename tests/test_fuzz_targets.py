@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import random
 
-from fuzz import fuzz_imap, fuzz_mbox, fuzz_pop3, fuzz_smtp
+from fuzz import fuzz_imap, fuzz_mbox, fuzz_pop3, fuzz_smtp, fuzz_smtp_client
 from fuzz.replay import corpus_files, replay
 
 
 def test_smtp_target_replays_corpus() -> None:
     assert replay(fuzz_smtp.one_input, ["fuzz/corpus/smtp"]) >= 3
+
+
+def test_smtp_client_target_replays_corpus() -> None:
+    assert replay(fuzz_smtp_client.one_input, ["fuzz/corpus/smtp_client"]) >= 6
 
 
 def test_pop3_target_replays_corpus() -> None:
@@ -29,7 +33,8 @@ def test_targets_survive_mutated_corpus() -> None:
     for target, corpus in ((fuzz_smtp.one_input, "fuzz/corpus/smtp"),
                            (fuzz_pop3.one_input, "fuzz/corpus/pop3"),
                            (fuzz_mbox.one_input, "fuzz/corpus/mbox"),
-                           (fuzz_imap.one_input, "fuzz/corpus/imap")):
+                           (fuzz_imap.one_input, "fuzz/corpus/imap"),
+                           (fuzz_smtp_client.one_input, "fuzz/corpus/smtp_client")):
         seeds = [f.read_bytes() for f in corpus_files([corpus])]
         for _ in range(300):
             data = bytearray(rng.choice(seeds))

@@ -140,10 +140,60 @@ def cmd_domain(args: argparse.Namespace) -> int:
         if args.action == "add":
             domains.add_domain(name)
             print(f"added domain {name}")
+            print("\n".join(dkim_record_lines(data_dir(args), name, make=True)))
         else:
             domains.remove_domain(name)
             print(f"removed domain {name}")
         return 0
+
+
+def dkim_record_lines(data: Path, domain: str, make: bool = False) -> list[str]:
+    """The DNS TXT record to publish for `domain`'s current DKIM key, as lines for the user;
+    with `make`, a key is made first when the domain has none."""
+    from netpost.mail import dkim
+
+    try:
+        key = dkim.current_key(data, domain)
+        if key is None and make:
+            key = dkim.create_key(data, domain)
+        if key is None:
+            raise CLIError(f"{domain} has no DKIM key (make one with 'netpost dkim new "
+                           f"{domain}')")
+        name, value = key.record_name, key.record_value()
+    except dkim.DKIMError as exc:
+        raise CLIError(str(exc)) from None
+    # A zone file holds at most 255 octets per string (RFC 1035 3.3.14): split the value.
+    strings = " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+    return [f"DKIM key of {domain} (selector {key.selector}): publish this DNS TXT record",
+            f"  name:  {name}", f"  value: {value}", f"  zone:  {name}. IN TXT {strings}"]
+
+
+def cmd_dkim(args: argparse.Namespace) -> int:
+    from netpost.mail import dkim
+
+    data = data_dir(args)
+    if args.action == "list":
+        for key in dkim.list_keys(data):
+            print(f"{key.domain} {key.selector}{' (current)' if key.current else ''}")
+        return 0
+    if args.domain is None:
+        raise CLIError(f"dkim {args.action} needs DOMAIN")
+    name = check_domain(args.domain)
+    if args.action == "new":
+        with _store(args) as stores:
+            if not stores.domains.has_domain(name):
+                raise CLIError(f"unknown domain {name}: add it first with "
+                               f"'netpost domain add {name}'")
+        try:
+            old = dkim.current_key(data, name)
+            dkim.create_key(data, name, args.selector)
+        except dkim.DKIMError as exc:
+            raise CLIError(str(exc)) from None
+        if old is not None:
+            print(f"new key for {name}; mail is signed with it from now on. Keep the record of "
+                  f"selector {old.selector} published until mail signed before is delivered.")
+    print("\n".join(dkim_record_lines(data, name)))
+    return 0
 
 
 def parse_size(text: str) -> int | None:
@@ -483,6 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action", choices=["add", "list", "del"])
     d.add_argument("domain", nargs="?", help="e.g. example.org")
     d.set_defaults(func=cmd_domain)
+
+    dk = sub.add_parser("dkim", help="DKIM signing keys of local domains",
+                        description="List keys, show the DNS TXT record of a domain's "
+                                    "current key, or make a new key (a rotation when the "
+                                    "domain has one: the old key stays for mail in flight).")
+    dk.add_argument("action", choices=["list", "show", "new"])
+    dk.add_argument("domain", nargs="?", help="e.g. example.org")
+    dk.add_argument("--selector", help="new: the selector (default np + year and month)")
+    dk.set_defaults(func=cmd_dkim)
 
     u = sub.add_parser("user", help="manage accounts (mail users)")
     u.add_argument("action", choices=["add", "list", "del", "passwd", "quota"])

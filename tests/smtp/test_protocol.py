@@ -128,6 +128,7 @@ def test_ehlo_keywords_in_order_plaintext() -> None:
         "250-SMTPUTF8",
         "250-ENHANCEDSTATUSCODES",
         "250-CHUNKING",
+        "250-DSN",
         "250-STARTTLS",
         "250 HELP",
     ]
@@ -412,7 +413,7 @@ def test_rcpt_before_mail() -> None:
     [
         (b"RCPT b@example.net\r\n", "501 5.5.4 Syntax: RCPT TO:<address>"),
         (b"RCPT TO:b@example.net\r\n", "501 5.5.4 Syntax: RCPT TO:<address>"),
-        (b"RCPT TO:<b@example.net> NOTIFY=NEVER\r\n", "555 5.5.4 Unsupported parameter NOTIFY"),
+        (b"RCPT TO:<b@example.net> XNOTIFY=NEVER\r\n", "555 5.5.4 Unsupported parameter XNOTIFY"),
         (b"RCPT TO:<>\r\n", "553 5.1.3 Bad recipient address syntax"),
         (b"RCPT TO:<bob>\r\n", "553 5.1.3 Bad recipient address syntax"),
         ("RCPT TO:<jürgen@example.org>\r\n".encode(),
@@ -481,7 +482,8 @@ def test_data_message_and_transaction_end() -> None:
     assert c.one(b"Subject: hi\r\n\r\nbody\r\n.\r\n") == "250 2.0.0 OK"
     (msg,) = c.messages()
     assert msg == MessageData(b"Subject: hi\r\n\r\nbody\r\n", "a@example.org",
-                              ("b@example.net",), None, False)
+                              ("b@example.net",), None, False,
+                              rcpt_notify=(None,), rcpt_orcpt=(None,))
     assert not c.conn.in_transaction
     # back to "after EHLO": a new transaction may start, RCPT needs MAIL
     assert c.one(b"RCPT TO:<b@example.net>\r\n") == "503 5.5.1 Need MAIL command first"

@@ -2,7 +2,8 @@
 
 RFC 5321 (SMTP) with the extensions RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8,
 RFC 2034/3463 ENHANCEDSTATUSCODES, RFC 2920 PIPELINING, RFC 3030 CHUNKING (BDAT),
-RFC 3207 STARTTLS and RFC 4954 AUTH (PLAIN, LOGIN).
+RFC 3207 STARTTLS, RFC 4954 AUTH (PLAIN, LOGIN), RFC 3461 DSN (with RFC 6533's utf-8
+address type) and RFC 1985 ETRN.
 
 The engine never touches sockets, clocks or files.  The session feeds it bytes with
 `receive_data()`, pulls events with `next_event()`, answers them with `send()` /
@@ -29,6 +30,7 @@ from netpost.mail.address import UTF8_NON_ASCII, WIRE_LABEL, valid_wire_domain
 
 __all__ = [
     "AuthRequest",
+    "EtrnRequest",
     "Event",
     "MailFrom",
     "MessageData",
@@ -37,6 +39,17 @@ __all__ = [
     "SMTPConnection",
     "SMTPSettings",
     "StartTLS",
+    "etrn_no_messages",
+    "etrn_not_allowed",
+    "etrn_pending_count",
+    "etrn_pending_started",
+    "etrn_queuing_started",
+    "etrn_unable",
+    "orcpt_encode",
+    "utf8_addr_decode",
+    "utf8_addr_encode",
+    "xtext_decode",
+    "xtext_encode",
 ]
 
 
@@ -84,6 +97,7 @@ class SMTPSettings:
     max_recipients: int = 100
     max_command_line: int = 2048  # octets incl. CRLF (RFC 5321 4.5.3.1.4 says at least 512)
     max_errors: int = 20
+    etrn_enabled: bool = False  # RFC 1985 ETRN offered (the MX listener, for client domains)
 
 
 @dataclass(frozen=True)
@@ -102,12 +116,19 @@ class AuthRequest:
 class MailFrom:
     address: str  # "" for the null reverse-path <>
     params: dict[str, str | None]  # keywords upper-cased, values as sent
+    ret: str | None = None  # RFC 3461 4.3 RET: "FULL" or "HDRS" (upper-cased), None if absent
+    envid: str | None = None  # RFC 3461 4.4 ENVID, xtext-decoded (printable ASCII)
 
 
 @dataclass(frozen=True)
 class RcptTo:
     address: str  # "postmaster" for <postmaster>
     params: dict[str, str | None]
+    # RFC 3461 4.1 NOTIFY: {"NEVER"} or a subset of {"SUCCESS", "FAILURE", "DELAY"};
+    # None when absent (then local policy: failure and delay notices, RFC 3461 4.1).
+    notify: frozenset[str] | None = None
+    # RFC 3461 4.2 ORCPT: (address type lower-cased, e.g. "rfc822" / "utf-8", decoded address)
+    orcpt: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,9 +138,42 @@ class MessageData:
     recipients: tuple[str, ...]  # only the accepted ones, in order
     body: str | None  # BODY= value upper-cased (7BIT / 8BITMIME) or None
     smtputf8: bool
+    ret: str | None = None  # the transaction's MAIL RET= (RFC 3461 4.3)
+    envid: str | None = None  # the transaction's MAIL ENVID=, decoded (RFC 3461 4.4)
+    # Aligned with `recipients`: each accepted recipient's NOTIFY and ORCPT (see RcptTo).
+    rcpt_notify: tuple[frozenset[str] | None, ...] = ()
+    rcpt_orcpt: tuple[tuple[str, str] | None, ...] = ()
 
 
-Event = StartTLS | AuthRequest | MailFrom | RcptTo | MessageData
+@dataclass(frozen=True)
+class EtrnRequest:
+    """RFC 1985 ETRN: start a queue run for `node`; answer with send() (see etrn_* replies).
+
+    `node` is as sent: "example.com" (that domain), "@example.com" (that domain and its
+    subdomains) or "#queuename" (a named queue).
+    """
+
+    node: str
+
+    @property
+    def queue(self) -> str | None:
+        """The queue name of a "#queuename" node, else None."""
+        return self.node[1:] if self.node.startswith("#") else None
+
+    @property
+    def domain(self) -> str | None:
+        """The domain of a domain or "@domain" node (lower-cased), else None."""
+        if self.node.startswith("#"):
+            return None
+        return self.node.removeprefix("@").lower()
+
+    @property
+    def subdomains(self) -> bool:
+        """True for "@domain": the domain and every subdomain of it (RFC 1985 5.3)."""
+        return self.node.startswith("@")
+
+
+Event = StartTLS | AuthRequest | MailFrom | RcptTo | MessageData | EtrnRequest
 
 
 # --- fixed replies ----------------------------------------------------------------------------
@@ -158,6 +212,36 @@ R_HELP = Reply(
     "2.0.0",
     "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT AUTH STARTTLS",
 )
+
+R_ETRN_DISABLED = Reply(502, "5.5.1", "ETRN not available")
+R_ETRN_SYNTAX = Reply(501, "5.5.4", "Syntax Error in Parameters")  # RFC 1985 5.1
+R_ETRN_IN_TXN = Reply(503, "5.5.1", "ETRN not permitted during a mail transaction")
+
+
+# RFC 1985 5.1: the replies to ETRN.  The node text was validated by the engine.
+def etrn_queuing_started(node: str) -> Reply:
+    return Reply(250, "2.0.0", f"OK, queuing for node {node} started")
+
+
+def etrn_no_messages(node: str) -> Reply:
+    return Reply(251, "2.0.0", f"OK, no messages waiting for node {node}")
+
+
+def etrn_pending_started(node: str) -> Reply:
+    return Reply(252, "2.0.0", f"OK, pending messages for node {node} started")
+
+
+def etrn_pending_count(node: str, count: int) -> Reply:
+    return Reply(253, "2.0.0", f"OK, {count} pending messages for node {node} started")
+
+
+def etrn_unable(node: str) -> Reply:
+    return Reply(458, "4.3.0", f"Unable to queue messages for node {node}")
+
+
+def etrn_not_allowed(node: str, reason: str) -> Reply:
+    return Reply(459, "4.7.1", f"Node {node} not allowed: {reason}")
+
 
 # RFC 4954 4: a SASL continuation line may be up to 12288 octets.
 AUTH_LINE_LIMIT = 12288
@@ -267,6 +351,141 @@ def _parse_params(text: str) -> dict[str, str | None] | None:
     return params
 
 
+# --- DSN parameters (RFC 3461, RFC 6533) ------------------------------------------------------
+
+# RFC 3461 4: xtext = *( xchar / hexchar ); xchar is "!".."~" except "+" and "=", hexchar is
+# "+" and two upper-case hex digits standing for one octet.
+_XTEXT_RE = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
+_HEXCHAR_RE = re.compile(r"\+([0-9A-F]{2})")
+_XCHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {"+", "="}
+# RFC 6533 3: QCHAR is printable ASCII except "+", "=" and "\\"; QUCHAR adds non-ASCII;
+# EmbeddedUnicodeChar is "\\x{" HEXPOINT "}".
+_QCHARS = _XCHARS - {"\\"}
+_UTF8_ADDR_RE = re.compile(
+    rf"(?:[\x21-\x2a\x2c-\x3c\x3e-\x5b\x5d-\x7e{_U}]|\\x\{{[0-9A-Fa-f]{{1,6}}\}})+"
+)
+_EMBEDDED_RE = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
+_ADDR_TYPE_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")  # RFC 3461 4.2 atom
+_PRINTABLE_ASCII_RE = re.compile(r"[\x20-\x7e]+")
+_NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+ENVID_MAX = 100  # RFC 3461 4.4: at most 100 characters
+
+
+def xtext_encode(text: str) -> str:
+    """RFC 3461 4: encode `text` (as UTF-8 octets) as xtext."""
+    out = []
+    for ch in text:
+        if ch in _XCHARS:
+            out.append(ch)
+        else:
+            out.extend(f"+{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+def xtext_decode(text: str) -> str:
+    """RFC 3461 4: decode xtext; ValueError on bad syntax or octets that are not UTF-8."""
+    if _XTEXT_RE.fullmatch(text) is None:
+        raise ValueError("invalid xtext")
+    if "+" not in text:
+        return text
+    raw = bytearray()
+    pos = 0
+    for m in _HEXCHAR_RE.finditer(text):
+        raw += text[pos : m.start()].encode("ascii")
+        raw.append(int(m.group(1), 16))
+        pos = m.end()
+    raw += text[pos:].encode("ascii")
+    return raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
+
+
+def utf8_addr_encode(address: str, *, unitext: bool) -> str:
+    """RFC 6533 3: utf-8-addr-unitext (non-ASCII kept, for SMTPUTF8 sessions) or
+    utf-8-addr-xtext (pure ASCII) form of a utf-8 address."""
+    out = []
+    for ch in address:
+        if ch in _QCHARS or (unitext and ord(ch) > 0x7F):
+            out.append(ch)
+        else:
+            out.append(f"\\x{{{ord(ch):X}}}")
+    return "".join(out)
+
+
+def utf8_addr_decode(text: str) -> str:
+    """RFC 6533 3: decode utf-8-addr-xtext / utf-8-addr-unitext; ValueError when bad."""
+    if _UTF8_ADDR_RE.fullmatch(text) is None:
+        raise ValueError("invalid utf-8 address encoding")
+
+    def point(m: re.Match[str]) -> str:
+        cp = int(m.group(1), 16)
+        if cp == 0 or cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:  # RFC 6533 3 HEXPOINT
+            raise ValueError("invalid code point")
+        return chr(cp)
+
+    return _EMBEDDED_RE.sub(point, text)
+
+
+def orcpt_encode(addr_type: str, address: str, *, smtputf8: bool = False) -> str:
+    """The value of an ORCPT parameter (RFC 3461 4.2; RFC 6533 3 for the utf-8 type)."""
+    if addr_type.lower() == "utf-8":
+        return "utf-8;" + utf8_addr_encode(address, unitext=smtputf8)
+    return f"{addr_type};{xtext_encode(address)}"
+
+
+def _decode_envid(value: str) -> str | None:
+    """RFC 3461 4.4: ENVID=xtext, at most 100 characters, printable US-ASCII decoded."""
+    if len(value) > ENVID_MAX:
+        return None
+    try:
+        decoded = xtext_decode(value)
+    except ValueError:
+        return None
+    return decoded if _PRINTABLE_ASCII_RE.fullmatch(decoded) else None
+
+
+def _decode_notify(value: str) -> frozenset[str] | None:
+    """RFC 3461 4.1: NOTIFY=NEVER or a comma list of SUCCESS, FAILURE, DELAY."""
+    words = value.upper().split(",")
+    if words == ["NEVER"]:
+        return frozenset(words)
+    if all(word in _NOTIFY_WORDS for word in words):  # NEVER never in a list
+        return frozenset(words)
+    return None
+
+
+def _decode_orcpt(value: str, smtputf8: bool) -> tuple[str, str] | None:
+    """RFC 3461 4.2: ORCPT=addr-type;xtext; RFC 6533 3: utf-8;utf-8-addr-(x|uni)text."""
+    addr_type, semi, encoded = value.partition(";")
+    if not semi or not encoded or _ADDR_TYPE_RE.fullmatch(addr_type) is None:
+        return None
+    addr_type = addr_type.lower()
+    try:
+        if addr_type == "utf-8":
+            if not smtputf8 and not encoded.isascii():
+                return None  # RFC 6533 3: unitext only where SMTPUTF8 is in use
+            address = utf8_addr_decode(encoded)
+            if _CTRL_RE.search(address) is not None:
+                return None
+        else:
+            address = xtext_decode(encoded)
+            # RFC 3461 4.2: the decoded address is printable US-ASCII.
+            if _PRINTABLE_ASCII_RE.fullmatch(address) is None:
+                return None
+    except ValueError:
+        return None
+    return addr_type, address
+
+
+# RFC 1985 5.1: ETRN node = domain / "@" domain / "#" queuename
+_QUEUENAME_RE = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def _valid_etrn_node(node: str) -> bool:
+    if node.startswith("#"):
+        return _QUEUENAME_RE.fullmatch(node[1:]) is not None
+    domain = node.removeprefix("@")
+    return domain.isascii() and not domain.startswith("[") and _valid_domain(domain)
+
+
 _SASL_MECH_RE = re.compile(rb"[A-Z0-9_-]{1,20}")  # RFC 4422 3.1 sasl-mech (upper case)
 
 
@@ -335,7 +554,11 @@ class SMTPConnection:
         self._mail_from: str | None = None
         self._body: str | None = None
         self._smtputf8 = False
+        self._ret: str | None = None  # RFC 3461 DSN parameters of the transaction
+        self._envid: str | None = None
         self._recipients: list[str] = []
+        self._rcpt_notify: list[frozenset[str] | None] = []
+        self._rcpt_orcpt: list[tuple[str, str] | None] = []
         self._rcpt_attempted = False
         self._bdat_used = False
         self._chunks = bytearray()
@@ -418,7 +641,7 @@ class SMTPConnection:
         return None
 
     def send(self, reply: Reply) -> None:
-        """Answer the pending MailFrom, RcptTo or MessageData event."""
+        """Answer the pending MailFrom, RcptTo, MessageData or EtrnRequest event."""
         event = self._pending
         if event is None or isinstance(event, StartTLS):
             raise RuntimeError("send() called with no pending event")
@@ -437,10 +660,16 @@ class SMTPConnection:
                 body = event.params.get("BODY")
                 self._body = body.upper() if body else None
                 self._smtputf8 = "SMTPUTF8" in event.params
+                self._ret = event.ret
+                self._envid = event.envid
         elif isinstance(event, RcptTo):
             self._rcpt_attempted = True
             if ok:
                 self._recipients.append(event.address)
+                self._rcpt_notify.append(event.notify)
+                self._rcpt_orcpt.append(event.orcpt)
+        elif isinstance(event, EtrnRequest):
+            pass  # RFC 1985: the reply is all; the queue run happens outside the engine
         else:  # MessageData: any reply ends the transaction
             self._reset_txn()
             if ok:
@@ -645,7 +874,10 @@ class SMTPConnection:
             "SMTPUTF8",  # RFC 6531
             "ENHANCEDSTATUSCODES",  # RFC 2034
             "CHUNKING",  # RFC 3030
+            "DSN",  # RFC 3461
         ]
+        if s.etrn_enabled:
+            lines.append("ETRN")  # RFC 1985
         if s.tls_available and not self.tls_active:
             lines.append("STARTTLS")  # RFC 3207
         if self._auth_offered():
@@ -701,6 +933,8 @@ class SMTPConnection:
             key = next(iter(params))
             self._answer(Reply(555, "5.5.4", f"Parameter {key} requires EHLO"))
             return None
+        ret: str | None = None
+        envid: str | None = None
         for key, value in params.items():
             if key == "SIZE":  # RFC 1870 6
                 if value is None or _DIGITS_RE.fullmatch(value) is None:
@@ -721,13 +955,23 @@ class SMTPConnection:
                 if value is None:
                     self._answer(Reply(501, "5.5.4", "Syntax: AUTH=<mailbox>"))
                     return None
+            elif key == "RET":  # RFC 3461 4.3
+                if value is None or value.upper() not in ("FULL", "HDRS"):
+                    self._answer(Reply(501, "5.5.4", "Syntax: RET=FULL or RET=HDRS"))
+                    return None
+                ret = value.upper()
+            elif key == "ENVID":  # RFC 3461 4.4
+                envid = None if value is None else _decode_envid(value)
+                if envid is None:
+                    self._answer(Reply(501, "5.5.4", "Bad ENVID parameter syntax"))
+                    return None
             else:
                 self._answer(Reply(555, "5.5.4", f"Unsupported parameter {key}"))
                 return None
         address = self._check_path(path, "SMTPUTF8" in params, sender=True)
         if address is None:
             return None
-        return MailFrom(address, params)
+        return MailFrom(address, params, ret, envid)
 
     def _check_path(self, path: str, smtputf8: bool, *, sender: bool) -> str | None:
         """Validate a path's inside; answers and returns None when it is bad."""
@@ -767,10 +1011,29 @@ class SMTPConnection:
         if parsed is None:
             return None
         path, params = parsed
-        if params:
+        if params and not self.esmtp:
+            # RFC 5321 4.1.2 / RFC 1869: service extensions only in a session opened by EHLO.
             key = next(iter(params))
-            self._answer(Reply(555, "5.5.4", f"Unsupported parameter {key}"))
+            self._answer(Reply(555, "5.5.4", f"Parameter {key} requires EHLO"))
             return None
+        notify: frozenset[str] | None = None
+        orcpt: tuple[str, str] | None = None
+        for key, value in params.items():
+            if key == "NOTIFY":  # RFC 3461 4.1
+                notify = None if value is None else _decode_notify(value)
+                if notify is None:
+                    self._answer(
+                        Reply(501, "5.5.4", "Syntax: NOTIFY=NEVER or NOTIFY=SUCCESS,FAILURE,DELAY")
+                    )
+                    return None
+            elif key == "ORCPT":  # RFC 3461 4.2, RFC 6533 3
+                orcpt = None if value is None else _decode_orcpt(value, self._smtputf8)
+                if orcpt is None:
+                    self._answer(Reply(501, "5.5.4", "Bad ORCPT parameter syntax"))
+                    return None
+            else:
+                self._answer(Reply(555, "5.5.4", f"Unsupported parameter {key}"))
+                return None
         address = self._check_path(path, self._smtputf8, sender=False)
         if address is None:
             self._rcpt_attempted = True
@@ -779,7 +1042,7 @@ class SMTPConnection:
             self._rcpt_attempted = True
             self._answer(R_TOO_MANY_RCPT)  # RFC 5321 4.5.3.1.10
             return None
-        return RcptTo(address, params)
+        return RcptTo(address, params, notify, orcpt)
 
     def _cmd_data(self, arg: str) -> Event | None:
         # RFC 5321 4.1.1.4
@@ -942,6 +1205,22 @@ class SMTPConnection:
         self._sasl = None
         return None if step is None else AuthRequest(step)
 
+    def _cmd_etrn(self, arg: str) -> Event | None:
+        # RFC 1985 5
+        if not self.settings.etrn_enabled:
+            self._answer(R_ETRN_DISABLED)
+            return None
+        if self.helo_domain is None:
+            self._answer(R_NEED_HELO)
+            return None
+        if self._mail_from is not None:
+            self._answer(R_ETRN_IN_TXN)  # RFC 1985 5: not within a mail transaction
+            return None
+        if not arg or " " in arg or not _valid_etrn_node(arg):
+            self._answer(R_ETRN_SYNTAX)
+            return None
+        return EtrnRequest(arg)
+
     _COMMANDS: dict[str, Callable[[SMTPConnection, str], Event | None]] = {
         "EHLO": _cmd_ehlo,
         "HELO": _cmd_helo,
@@ -957,6 +1236,7 @@ class SMTPConnection:
         "QUIT": _cmd_quit,
         "STARTTLS": _cmd_starttls,
         "AUTH": _cmd_auth,
+        "ETRN": _cmd_etrn,
     }
 
     # --- message content ----------------------------------------------------------------------
@@ -1031,10 +1311,7 @@ class SMTPConnection:
             data = data[1:]
         data = data.replace(b"\r\n.", b"\r\n")
         self._trace_c(f"<message: {len(data)} octets>")
-        assert self._mail_from is not None
-        return MessageData(
-            data, self._mail_from, tuple(self._recipients), self._body, self._smtputf8
-        )
+        return self._message(data)
 
     def _process_bdat(self) -> Event | _Need | None:
         """Read a BDAT chunk of exactly the announced size (RFC 3030 2)."""
@@ -1072,9 +1349,20 @@ class SMTPConnection:
             self._reset_txn()
             self._answer(R_BARE_CRLF)
             return None
+        return self._message(data)
+
+    def _message(self, data: bytes) -> MessageData:
         assert self._mail_from is not None
         return MessageData(
-            data, self._mail_from, tuple(self._recipients), self._body, self._smtputf8
+            data,
+            self._mail_from,
+            tuple(self._recipients),
+            self._body,
+            self._smtputf8,
+            ret=self._ret,
+            envid=self._envid,
+            rcpt_notify=tuple(self._rcpt_notify),
+            rcpt_orcpt=tuple(self._rcpt_orcpt),
         )
 
     def _reset_txn(self) -> None:
@@ -1082,7 +1370,11 @@ class SMTPConnection:
         self._mail_from = None
         self._body = None
         self._smtputf8 = False
+        self._ret = None
+        self._envid = None
         self._recipients = []
+        self._rcpt_notify = []
+        self._rcpt_orcpt = []
         self._rcpt_attempted = False
         self._bdat_used = False
         self._chunks = bytearray()
