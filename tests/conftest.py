@@ -35,6 +35,7 @@ class Server:
     proc: subprocess.Popen[str]
     ports: dict[str, int] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
 
     def port(self, name: str) -> int:
         return self.ports[name]
@@ -76,7 +77,7 @@ def start_server(data: Path, config: str = CONFIG, extra: tuple[str, ...] = (),
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(netpost_cmd(data, *args, *extra), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
-    server = Server(data, proc)
+    server = Server(data, proc, host=host)
     deadline = time.monotonic() + 60
     assert proc.stdout is not None
     while time.monotonic() < deadline:

@@ -59,6 +59,19 @@ def build_services(stores: Stores, config: Config, *, data_dir: Path | None = No
     relay = build_relay(stores, config, rc, delivery, data_dir, tracer) if rc.enabled else None
     if relay is not None:
         delivery.queued = relay.wake
+        if rc.dkim_sign and data_dir is not None:
+            from netpost.mail import dkim
+
+            keys = data_dir
+
+            def signer(content: bytes, domain: str) -> bytes:
+                try:
+                    return dkim.sign(content, domain, keys)
+                except dkim.DKIMError as e:  # no From: field; sent unsigned
+                    log.warning("not DKIM-signed: %s", e)
+                    return b""
+
+            delivery.signer = signer
     return Services(
         auth=Authenticator(stores.accounts, throttle),
         delivery=delivery,
@@ -88,8 +101,8 @@ def build_relay(stores: Stores, config: Config, rc: RelayConfig, delivery: Local
     verify = ssl.create_default_context(cafile=rc.ca_file or None)
     verify.minimum_version = ssl.TLSVersion.TLSv1_2
     t = rc.command_timeout
-    timeouts = Timeouts(connect=rc.connect_timeout, greeting=t, mail=t, rcpt=t,
-                        data_init=min(t, 120.0), data_block=min(t, 180.0), data_end=2 * t)
+    timeouts = Timeouts(connect=rc.connect_timeout, greeting=t, command=t, mail=t, rcpt=t,
+                        data_init=min(t, 120.0), data_block=min(t, 180.0), final_dot=2 * t)
     options = RelayOptions(
         hostname=config.server.hostname, remote_port=rc.remote_port, smarthost=smarthost,
         smarthost_auth=auth, source_address=rc.source_address or None, tls=rc.tls,

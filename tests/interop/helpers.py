@@ -35,7 +35,7 @@ def body_of(raw: bytes) -> bytes:
 
 
 def pop3(server: Server, user: str) -> poplib.POP3_SSL:
-    pop = poplib.POP3_SSL("127.0.0.1", server.port("pop3s"), context=client_tls(), timeout=30)
+    pop = poplib.POP3_SSL(server.host, server.port("pop3s"), context=client_tls(), timeout=30)
     pop.user(user)
     pop.pass_(PASSWORD)
     return pop

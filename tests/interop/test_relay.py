@@ -40,7 +40,7 @@ def start_b(root: Path, port: int) -> Server:
         assert run_cli(data, "domain", "add", B_DOMAIN).returncode == 0
         r = run_cli(data, "user", "add", BOB_B, "--password-stdin", stdin=PASSWORD + "\n")
         assert r.returncode == 0, r.stderr
-    return start_server(data, CONFIG + "[server]\nshutdown_grace = 2.0\nhostname = mx.b.test\n",
+    return start_server(data, CONFIG + "[server]\nshutdown_grace = 2.0\nhostname = \"mx.b.test\"\n",
                         ports={"smtp": port}, host=B_HOST)
 
 
@@ -53,7 +53,7 @@ def start_a(root: Path, b_port: int, extra: str = "") -> Server:
     config = CONFIG + f"""
 [server]
 shutdown_grace = 2.0
-hostname = mx.example.test
+hostname = "mx.example.test"
 [relay]
 smarthost = "{B_HOST}:{b_port}"
 first_retry = 1.0

@@ -78,6 +78,8 @@ class LocalDelivery:
         self.relay = relay or RelayPolicy()
         # Called once a message with remote recipients is committed (the relay's wake-up).
         self.queued: Callable[[], None] | None = None
+        # (content, domain) -> a DKIM-Signature field, or b"" when the domain has no key.
+        self.signer: Callable[[bytes, str], bytes] | None = None
         self.domains = domains
         self.accounts = accounts
         self.aliases = aliases
@@ -124,6 +126,19 @@ class LocalDelivery:
             raise UnknownRecipient(address)
         return Recipient(address, tuple(dict.fromkeys(boxes)), tuple(dict.fromkeys(remote)))
 
+    def _junk(self, recipient: Recipient) -> list[int]:
+        """The Junk mailbox (RFC 6154 \\Junk) of each account behind the recipient; INBOX
+        where an account has none."""
+        out: list[int] = []
+        for inbox_id in recipient.mailbox_ids:
+            inbox = self.mailboxes.get_mailbox_by_id(inbox_id)
+            junk = None
+            if inbox is not None:
+                junk = next((m for m in self.mailboxes.list_mailboxes(inbox.account_id)
+                             if m.special_use == "\\Junk"), None)
+            out.append(junk.id if junk is not None else inbox_id)
+        return out
+
     def remote(self, address: str) -> Recipient:
         """A recipient in another domain, for the outbound queue."""
         return Recipient(normalize(address), (), (normalize(address),))
@@ -162,11 +177,13 @@ class LocalDelivery:
                       tls: str | None, authenticated: str | None,
                       dsn: Mapping[str, DSNParams] | None = None, ret: str | None = None,
                       envid: str | None = None, smtputf8: bool = False,
-                      trace: bytes | None = None) -> str:
-        """Store `content` with trace fields in every recipient's INBOX, and in the outbound
-        queue for the remote ones; durable on return.  Returns the id written in the
-        Received: field.  `dsn` holds the NOTIFY/ORCPT of recipients that gave them, by
-        address."""
+                      trace: bytes | None = None, sign_as: str | None = None,
+                      junk: bool = False) -> str:
+        """Store `content` with trace fields in every recipient's INBOX (Junk with `junk`),
+        and in the outbound queue for the remote ones; durable on return.  Returns the id
+        written in the Received: field.  `dsn` holds the NOTIFY/ORCPT of recipients that gave
+        them, by address.  With `sign_as` (a local domain) and remote recipients, the message
+        gets a DKIM signature of that domain when it has a key."""
         msg_id = f"{_ID_PREFIX}{next(_ids):06X}"
         now = time.time()
         if trace is None:
@@ -176,10 +193,15 @@ class LocalDelivery:
                 authenticated=authenticated,
                 for_address=recipients[0].address if len(recipients) == 1 else None, when=now,
             )
+        if sign_as is not None and self.signer is not None and any(
+                r.remote for r in recipients):
+            # Signed before the trace fields go on: DKIM covers the author's fields and
+            # the body (RFC 6376 5.4), not Received.
+            content = await asyncio.to_thread(self.signer, content, sign_as) + content
         data = trace + content
         tx = self.target.begin()
         for recipient in recipients:
-            for mailbox_id in recipient.mailbox_ids:
+            for mailbox_id in (self._junk(recipient) if junk else recipient.mailbox_ids):
                 tx.add_mailbox(mailbox_id)
         outbound = self._outbound(msg_id, mail_from, recipients, data, now, dsn or {}, ret,
                                   envid, smtputf8, authenticated or client_ip)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import logging
 import ssl
 import time
@@ -29,11 +31,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, cast
 
 from netpost.mail import dns
 from netpost.mail.dsn import RecipientStatus, build_dsn, wants_dsn
 from netpost.mail.mtasts import PolicyCache, fetch_policy
 from netpost.smtp import outbound
+from netpost.smtp.client import OutRecipient
 from netpost.store.interfaces import (
     HELD,
     BlobStore,
@@ -45,6 +49,7 @@ from netpost.store.interfaces import (
 )
 
 log = logging.getLogger("netpost.relay")
+Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
 
 CLAIM_BATCH = 500  # recipients taken from the queue at once
 POLL = 5.0  # seconds between looks at the queue when nothing wakes the runner
@@ -76,7 +81,7 @@ class RelayOptions:
 
 def retry_delay(attempts: int, first: float, longest: float) -> float:
     """Seconds to wait after the `attempts`-th failed attempt: first, 2×first, … up to longest."""
-    return min(first * 2 ** max(attempts - 1, 0), longest)
+    return float(min(first * 2 ** max(attempts - 1, 0), longest))
 
 
 @dataclass
@@ -207,7 +212,7 @@ class Relay:
         while len(tasks) < self.options.connections_per_domain and len(tasks) < len(pending):
             task = asyncio.create_task(self._domain_worker(domain), name=f"relay {domain}")
             tasks.add(task)
-            task.add_done_callback(lambda t, d=domain: self._worker_done(d, t))
+            task.add_done_callback(functools.partial(self._worker_done, domain))
 
     def _worker_done(self, domain: str, task: asyncio.Task[None]) -> None:
         tasks = self._domain_tasks.get(domain, set())
@@ -284,7 +289,9 @@ class Relay:
                 try:
                     result = await conn.send(
                         m.mail_from,
-                        [outbound.OutRecipient(r.address, r.notify, r.orcpt)
+                        [OutRecipient(r.address,
+                                      tuple(sorted(r.notify)) if r.notify is not None else None,
+                                      r.orcpt[1] if r.orcpt else None)
                          for r in work.recipients],
                         work.content, ret=m.ret, envid=m.envid, smtputf8=m.smtputf8,
                         eightbit=m.eightbit)
@@ -295,7 +302,7 @@ class Relay:
                     self._bounce(work, work.recipients, e.reason, _status(e.reply, "5.0.0"),
                                  f"{host.name}")
                     continue
-                self._settle(work, result, host.name, "DSN" in conn.extensions)
+                self._settle(work, result, host.name, conn.extensions.dsn)
             return None
         finally:
             with contextlib.suppress(Exception):
@@ -314,7 +321,7 @@ class Relay:
                 continue
             text = f"{r.code} {r.enhanced + ' ' if r.enhanced else ''}{r.text}".strip()
             status = r.enhanced or f"{r.code // 100}.0.0"
-            if r.accepted:
+            if r.status == "delivered":
                 delivered.append(rcpt)
                 # RFC 3461 5.2.2: a server that relays to one without DSN sends "relayed".
                 notice = ("relayed" if rcpt.notify and "SUCCESS" in rcpt.notify
@@ -324,7 +331,7 @@ class Relay:
                 self.delivered += 1
                 log.info("queue %s: to=<%s> relay=%s status=sent (%s)",
                          work.message.queue_id, rcpt.address, mta, text)
-            elif r.permanent:
+            elif r.status == "permanent":
                 self._bounce(work, [rcpt], text, status, mta)
             else:
                 self._defer(work, [rcpt], text, status, mta)
@@ -412,7 +419,7 @@ class Relay:
             statuses = [
                 RecipientStatus(
                     final_recipient=r.address, original_recipient=r.orcpt,
-                    action=r.notice or "failed", status=r.status or "5.0.0",
+                    action=cast(Action, r.notice or "failed"), status=r.status or "5.0.0",
                     remote_mta=r.remote_mta,
                     diagnostic=f"smtp; {r.last_error}" if r.last_error else None,
                     last_attempt=r.last_attempt,
@@ -435,7 +442,10 @@ class Relay:
         o = self.options
         if o.smarthost is not None:
             name = o.smarthost[0]
-            addresses = await self._addresses(name)
+            try:
+                addresses = [str(ipaddress.ip_address(name))]  # an address, not a name
+            except ValueError:
+                addresses = await self._addresses(name)
             return [_Host(name, tuple(addresses), o.tls == "required", o.tls != "opportunistic")]
         try:
             mxs = await self.resolver.mx(domain)
@@ -460,7 +470,7 @@ class Relay:
         hosts: list[_Host] = []
         for mx in mxs:
             name = mx.host.rstrip(".")
-            enforce = policy is not None and policy.mode == "enforce"
+            enforce = policy is not None and policy.enforce
             if enforce and policy is not None and not policy.allows_mx(name):
                 log.info("MTA-STS: %s is not an MX of %s's policy; skipped", name, domain)
                 continue
@@ -470,7 +480,7 @@ class Relay:
                 continue
             hosts.append(_Host(name, tuple(addresses), require or enforce, verify or enforce))
         if not hosts:
-            if policy is not None and policy.mode == "enforce":
+            if policy is not None and policy.enforce:
                 raise _RouteError(f"no MX host of {domain} matches its MTA-STS policy",
                                   "4.7.5", permanent=False)
             raise _RouteError(f"no address for any MX host of {domain}", "4.4.4",

@@ -20,6 +20,7 @@ from netpost.mail.delivery import (
 from netpost.net.session import Engine, Session
 from netpost.smtp.protocol import (
     AuthRequest,
+    EtrnRequest,
     MailFrom,
     MessageData,
     RcptTo,
@@ -30,6 +31,7 @@ from netpost.smtp.protocol import (
 )
 
 if TYPE_CHECKING:
+    from netpost.mail.relay import Relay
     from netpost.net.stream import StreamListener
 
 log = logging.getLogger("netpost.smtp")
@@ -48,8 +50,10 @@ class SMTPSession(Session):
 
     def __init__(self, listener: StreamListener, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, peer: str, *, settings: SMTPSettings,
-                 delivery: LocalDelivery, auth: Authenticator) -> None:
+                 delivery: LocalDelivery, auth: Authenticator,
+                 relay: Relay | None = None) -> None:
         super().__init__(listener, reader, writer, peer)
+        self.relay = relay
         self.settings = settings
         self.delivery = delivery
         self.auth = auth
@@ -85,6 +89,8 @@ class SMTPSession(Session):
                 smtp.send(self.rcpt(event))
             elif isinstance(event, MessageData):
                 smtp.send(await self.data(event))
+            elif isinstance(event, EtrnRequest):
+                smtp.send(await self.etrn(event.node))
             elif isinstance(event, MailFrom):
                 smtp.send(self.mail_from(event.address))
             elif isinstance(event, AuthRequest):
@@ -129,11 +135,27 @@ class SMTPSession(Session):
                          "no such user here")
         key = normalize_address(address)
         self.recipients[key] = recipient
-        notify = getattr(event, "notify", None)
-        orcpt = getattr(event, "orcpt", None)
-        if notify is not None or orcpt is not None:
-            self.dsn[recipient.address] = (notify, orcpt)
+        if event.notify is not None or event.orcpt is not None:
+            self.dsn[recipient.address] = (event.notify, event.orcpt)
         return OK_RCPT
+
+    async def etrn(self, node: str) -> Reply:
+        """RFC 1985: start a queue run for a client domain whose mail we hold."""
+        domain = node.lstrip("@").lower().rstrip(".")
+        if node.startswith("#") or self.relay is None:
+            return Reply(458, None, f"Unable to queue messages for node {node}")
+        held = self.delivery.relay.held_domains
+        # "@domain" asks for the domain and its subdomains (RFC 1985 5.2).
+        wanted = [d for d in held if d == domain or (node.startswith("@")
+                                                      and d.endswith("." + domain))]
+        if not wanted:
+            return Reply(459, None, f"Node {node} not allowed: not a client domain here")
+        count = 0
+        for d in wanted:
+            count += await self.relay.flush_domain(d)
+        if not count:
+            return Reply(251, None, f"OK, no messages waiting for node {node}")
+        return Reply(253, None, f"OK, {count} pending messages for node {node} started")
 
     def _refuse_remote(self, address: str) -> Reply | None:
         """May this session hand mail for another domain to the queue?"""
@@ -168,8 +190,9 @@ class SMTPSession(Session):
             msg_id = await self.delivery.deliver(
                 event.data, mail_from=event.mail_from, recipients=recipients,
                 helo=self.smtp.helo_domain, client_ip=self.peer, with_protocol=proto, tls=tls,
-                authenticated=auth, dsn=self.dsn, ret=getattr(event, "ret", None),
-                envid=getattr(event, "envid", None), smtputf8=event.smtputf8,
+                authenticated=auth, dsn=self.dsn, ret=event.ret, envid=event.envid,
+                smtputf8=event.smtputf8,
+                sign_as=split_address(event.mail_from)[1] if auth and event.mail_from else None,
             )
         except Exception:
             log.exception("delivery failed")

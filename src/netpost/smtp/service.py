@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,11 +41,15 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> StreamHandler:
         max_errors=cfg.limits.max_errors,
     )
     delivery, auth = ctx.services.delivery, ctx.services.auth
+    # RFC 1985: ETRN on the MX, for the client domains whose mail is held.
+    if not submission and delivery.relay.held_domains and ctx.services.relay is not None:
+        settings = dataclasses.replace(settings, etrn_enabled=True)
+    relay = ctx.services.relay
 
     def factory(listener: StreamListener, reader: asyncio.StreamReader,
                 writer: asyncio.StreamWriter, peer: str) -> SMTPSession:
         return SMTPSession(listener, reader, writer, peer, settings=settings,
-                           delivery=delivery, auth=auth)
+                           delivery=delivery, auth=auth, relay=relay)
 
     return StreamHandler(factory, refuse_line, smtp.idle_timeout)
 
