@@ -178,8 +178,10 @@ def test_claim_is_proportional_to_due(store: SQLiteStore) -> None:
     assert "queue_due" in plan and "SCAN queue_recipients" not in plan
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.integers(1, 3), st.sampled_from(["delivered", "bounced", "deferred"])),
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(1, 3),
+                          st.sampled_from(["delivered", "bounced", "deferred"])),
                 min_size=1, max_size=30))
 def test_every_recipient_ends_once(store: SQLiteStore, plan: list[tuple[int, str]]) -> None:
     """Whatever the outcomes, a recipient is final at most once, deferred ones come back,
