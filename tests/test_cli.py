@@ -40,6 +40,7 @@ def test_domain_user_alias_lifecycle(tmp_path: Path) -> None:
     r = run_cli(data, "alias", "add", "x@example.org", "y@elsewhere.org")
     # Another domain's target: forwarding through the outbound queue.
     assert r.returncode == 0 and "forwarded through the outbound queue" in r.stdout, r.stderr
+    assert run_cli(data, "alias", "del", "x@example.org", "y@elsewhere.org").returncode == 0
     assert "info@example.org -> alice@example.org" in run_cli(data, "alias", "list").stdout
     r = run_cli(data, "domain", "del", "example.org")
     assert r.returncode == 1  # still used by alice and the alias: refused, nothing changed
