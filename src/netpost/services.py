@@ -17,6 +17,7 @@ from netpost.auth.service import Authenticator
 from netpost.auth.throttle import FailureThrottle
 from netpost.config import Config
 from netpost.mail.delivery import LocalDelivery, RelayPolicy, UnknownRecipient
+from netpost.mail.dns import Resolver
 from netpost.mail.mailboxes import Mailboxes
 from netpost.store.interfaces import ChangeFeed, Stores
 
@@ -37,6 +38,7 @@ class Services:
     mailboxes: Mailboxes
     changes: ChangeFeed
     stores: Stores  # for services that build their own (a protocol's `build` may use them)
+    resolver: Resolver  # DNS for the relay and the inbound checks ([relay] nameservers)
     relay: Relay | None = None  # the outbound queue's runner ([relay] enabled)
 
 
@@ -56,7 +58,9 @@ def build_services(stores: Stores, config: Config, *, data_dir: Path | None = No
     delivery = LocalDelivery(stores.domains, stores.accounts, stores.aliases,
                              stores.mailboxes, stores.delivery, config.server.hostname,
                              RelayPolicy(rc.enabled, held))
-    relay = build_relay(stores, config, rc, delivery, data_dir, tracer) if rc.enabled else None
+    resolver = Resolver(list(rc.nameservers) or None)
+    relay = (build_relay(stores, config, rc, delivery, resolver, data_dir, tracer)
+             if rc.enabled else None)
     if relay is not None:
         delivery.queued = relay.wake
         if rc.dkim_sign and data_dir is not None:
@@ -79,13 +83,13 @@ def build_services(stores: Stores, config: Config, *, data_dir: Path | None = No
                             stores.delivery),
         changes=stores.changes,
         stores=stores,
+        resolver=resolver,
         relay=relay,
     )
 
 
 def build_relay(stores: Stores, config: Config, rc: RelayConfig, delivery: LocalDelivery,
-                data_dir: Path | None, tracer: Tracer | None) -> Relay:
-    from netpost.mail.dns import Resolver
+                resolver: Resolver, data_dir: Path | None, tracer: Tracer | None) -> Relay:
     from netpost.mail.relay import Relay, RelayOptions
     from netpost.smtp.outbound import Timeouts
 
@@ -112,7 +116,6 @@ def build_relay(stores: Stores, config: Config, rc: RelayConfig, delivery: Local
         connections_per_domain=rc.connections_per_domain, timeouts=timeouts,
         held_domains=delivery.relay.held_domains,
     )
-    resolver = Resolver(list(rc.nameservers) or None)
 
     async def notify(report: bytes, recipient: str) -> None:
         # RFC 3461 6 / RFC 5321 4.5.5: notices go out with the null reverse-path.

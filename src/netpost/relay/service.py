@@ -27,7 +27,8 @@ class RelayConfig:
     smarthost_user: str = setting("", "AUTH user name for the smart host (empty: no AUTH)")
     smarthost_password_file: str = setting("", "file holding the smart host's password")
     remote_port: int = setting(25, "port of the remote MX hosts (RFC 5321: 25)", positive=True)
-    nameservers: tuple[str, ...] = setting((), "DNS servers as \"IP\" or \"IP:PORT\" "
+    nameservers: tuple[str, ...] = setting((), "DNS servers for MX lookups and inbound checks, as "
+                                           "\"IP\" or \"IP:PORT\" "
                                            "(empty: those of /etc/resolv.conf)")
     source_address: str = setting("", "local address outbound connections come from "
                                   "(empty: the system chooses)")

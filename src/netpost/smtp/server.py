@@ -31,6 +31,7 @@ from netpost.smtp.protocol import (
 )
 
 if TYPE_CHECKING:
+    from netpost.mail.inbound import InboundChecks
     from netpost.mail.relay import Relay
     from netpost.net.stream import StreamListener
 
@@ -51,9 +52,10 @@ class SMTPSession(Session):
     def __init__(self, listener: StreamListener, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, peer: str, *, settings: SMTPSettings,
                  delivery: LocalDelivery, auth: Authenticator,
-                 relay: Relay | None = None) -> None:
+                 relay: Relay | None = None, checks: InboundChecks | None = None) -> None:
         super().__init__(listener, reader, writer, peer)
         self.relay = relay
+        self.checks = checks
         self.settings = settings
         self.delivery = delivery
         self.auth = auth
@@ -182,17 +184,29 @@ class SMTPSession(Session):
                          "fields): mail loop")
         tls = self.tls_description()
         auth = self.smtp.authenticated_as
+        content, junk = event.data, False
+        if self.checks is not None and auth is None:
+            # DKIM, SPF and DMARC (RFC 6376, 7208, 7489), reported per RFC 8601.
+            verdict = await self.checks.judge(content, client_ip=self.peer,
+                                              helo=self.smtp.helo_domain,
+                                              mail_from=event.mail_from)
+            if verdict.action == "reject":
+                # RFC 7489 6.7 / 10.3: a DMARC reject is refused in the dialogue.
+                return Reply(550, "5.7.1", verdict.reason)
+            content = verdict.header + verdict.content
+            junk = verdict.action == "quarantine"
         # RFC 3848 "with" keywords.
         proto = "ESMTP" if self.smtp.esmtp else "SMTP"
         if self.smtp.esmtp:
             proto += ("S" if tls else "") + ("A" if auth else "")
         try:
             msg_id = await self.delivery.deliver(
-                event.data, mail_from=event.mail_from, recipients=recipients,
+                content, mail_from=event.mail_from, recipients=recipients,
                 helo=self.smtp.helo_domain, client_ip=self.peer, with_protocol=proto, tls=tls,
                 authenticated=auth, dsn=self.dsn, ret=event.ret, envid=event.envid,
                 smtputf8=event.smtputf8,
                 sign_as=split_address(event.mail_from)[1] if auth and event.mail_from else None,
+                junk=junk,
             )
         except Exception:
             log.exception("delivery failed")

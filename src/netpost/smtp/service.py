@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
+from netpost.mail.inbound import InboundChecks, parse_networks
 from netpost.net.stream import StreamListener
 from netpost.registry import BuildContext, ListenerDecl, Service, StreamHandler, TLSMode, setting
 from netpost.smtp.protocol import SMTPSettings
@@ -21,6 +22,17 @@ class SMTPConfig:
                                   "5 minutes)", positive=True)
     max_recipients: int = setting(100, "per message; more get 452 4.5.3 (RFC 5321 4.5.3.1.8)",
                                   positive=True)
+    auth_checks: bool = setting(True, "check DKIM, SPF and DMARC of mail arriving at the MX and "
+                                "add an Authentication-Results field (RFC 8601); DNS through "
+                                "[relay] nameservers")
+    auth_checks_skip: tuple[str, ...] = setting(
+        ("127.0.0.0/8", "::1"), "client networks whose mail is not checked (local programs)")
+    dmarc_enforce: bool = setting(True, "apply the author domain's DMARC policy when the check "
+                                  "fails (RFC 7489 6.7): reject refuses the message (550 5.7.1), "
+                                  "quarantine files it in Junk")
+
+    def validate(self) -> None:
+        parse_networks(self.auth_checks_skip)
 
     # Settings an older netpost.toml kept in [limits].
     RENAMED: ClassVar[dict[str, str]] = {"limits.idle_timeout": "idle_timeout",
@@ -45,11 +57,16 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> StreamHandler:
     if not submission and delivery.relay.held_domains and ctx.services.relay is not None:
         settings = dataclasses.replace(settings, etrn_enabled=True)
     relay = ctx.services.relay
+    checks = None
+    if not submission and smtp.auth_checks:
+        checks = InboundChecks(ctx.services.resolver, cfg.server.hostname,
+                               skip=parse_networks(smtp.auth_checks_skip),
+                               enforce_dmarc=smtp.dmarc_enforce)
 
     def factory(listener: StreamListener, reader: asyncio.StreamReader,
                 writer: asyncio.StreamWriter, peer: str) -> SMTPSession:
         return SMTPSession(listener, reader, writer, peer, settings=settings,
-                           delivery=delivery, auth=auth, relay=relay)
+                           delivery=delivery, auth=auth, relay=relay, checks=checks)
 
     return StreamHandler(factory, refuse_line, smtp.idle_timeout)
 
