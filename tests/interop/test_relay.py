@@ -204,3 +204,25 @@ def test_mx_does_not_relay_for_others(pair: tuple[Server, Server, Path, int]) ->
         code, text = s.rcpt(BOB_B)
         assert code == 554 and b"5.7.1" in text
     assert DOMAIN  # the MX still takes mail for its own domain (other tests)
+
+
+def test_held_mail_expires_after_max_age(tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("etrn-expiry")
+    port = free_port(B_HOST)
+    held = f'etrn_domains = ["{B_DOMAIN}"]\nmax_age = 1.0\n'
+    a = start_a(root, port, held)
+    try:
+        submit(a, [BOB_B], "never asked for")
+        wait_for(lambda: "held for ETRN" in a.cli("queue", "list").stdout, what="held entry")
+    finally:
+        stop(a)
+    time.sleep(1.5)
+    # The runner looks for held mail past max_age when it starts (then every 10 minutes).
+    a = start_a(root, port, held)
+    try:
+        def bounced() -> bool:
+            return any(b"no ETRN asked for it" in raw for raw in fetch_all(a, ALICE))
+        wait_for(bounced, what="a DSN for the expired held mail")
+        wait_for(lambda: queue_empty(a), what="A's queue to empty")
+    finally:
+        stop(a)

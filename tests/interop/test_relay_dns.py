@@ -70,6 +70,7 @@ def zones(a_data: Path) -> dict[str, list[Record]]:
                             txt("_mta-sts", "v=STSv1; id=1;"), a("mta-sts", "127.0.0.1")],
         "q.test": [txt("_dmarc", "v=DMARC1; p=quarantine")],
         "nopolicy.test": [],
+        "loop.test": [mx("@", 10, f"mx.{DOMAIN}")],  # A is its best MX
     }
 
 
@@ -180,6 +181,15 @@ def test_null_mx_bounces_at_once(world: World) -> None:
     assert group is not None
     assert group["Action"] == "failed" and group["Status"] == "5.1.10"
     assert "null MX" in str(group["Diagnostic-Code"])
+
+
+def test_mail_that_would_loop_back_bounces(world: World) -> None:
+    # RFC 5321 5.1: A (mx.example.test) is loop.test's best MX, yet not its final destination.
+    submit(world.a, ["x@loop.test"], "looping")
+    wait_for(lambda: _dsn_for(world.a, "x@loop.test") is not None, what="a DSN")
+    group = _dsn_for(world.a, "x@loop.test")
+    assert group is not None and group["Status"] == "5.4.6"
+    assert "loops back to myself" in str(group["Diagnostic-Code"])
 
 
 def test_mta_sts_enforce_refuses_unlisted_mx_and_bad_certificate(world: World) -> None:

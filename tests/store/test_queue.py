@@ -142,6 +142,23 @@ def test_held_domain_waits_for_etrn(store: SQLiteStore) -> None:
     assert HELD > 20_000.0
 
 
+def test_expired_held_mail_is_claimed_for_bouncing(store: SQLiteStore) -> None:
+    q = SQLiteQueue(store)
+    held = frozenset({"client.test"})
+    _queue(store, "OLD", ["a@client.test", "b@remote.test"], arrival=1000.0, held=held)
+    _queue(store, "NEW", ["c@client.test"], arrival=5000.0, held=held)
+    assert q.claim_expired_held(1000.0, 10) == []  # arrived at 1000, not before
+    (entry,) = q.claim_expired_held(2000.0, 10)
+    assert entry.message.queue_id == "OLD"
+    assert [(r.address, r.state) for r in entry.recipients] == [("a@client.test", "sending")]
+    assert q.claim_expired_held(2000.0, 10) == []  # claimed once
+    # Due, not held, mail is the regular runner's: untouched here.
+    assert [r.address for e in q.claim_due(10_000.0, 10) for r in e.recipients] == [
+        "b@remote.test"]
+    q.recover()
+    assert [e.message.queue_id for e in q.claim_expired_held(9000.0, 10)] == ["OLD", "NEW"]
+
+
 def test_claim_by_domain_and_remove(store: SQLiteStore) -> None:
     q = SQLiteQueue(store)
     sha1 = _queue(store, "Q1", ["a@one.test"])

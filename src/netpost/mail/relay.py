@@ -54,6 +54,7 @@ Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
 CLAIM_BATCH = 500  # recipients taken from the queue at once
 POLL = 5.0  # seconds between looks at the queue when nothing wakes the runner
 MAX_IN_FLIGHT = 5000  # recipients claimed and not yet finished, at most
+HELD_EXPIRY_EVERY = 600.0  # seconds between looks for held (ETRN) mail past max_age
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Relay:
         self._flushing: asyncio.Task[None] | None = None
         self._flushed = asyncio.Event()
         self._policies = PolicyCache(policy_dir)
+        self._next_expiry = 0.0  # monotonic time of the next look for expired held mail
         self.delivered = 0
         self.bounced = 0
         self.deferred = 0
@@ -165,6 +167,7 @@ class Relay:
         try:
             while not stop.is_set():
                 await self._send_notices()
+                await self._expire_held()
                 room = MAX_IN_FLIGHT - self._in_flight
                 entries: list[QueueEntry] = []
                 if room > 0:
@@ -182,6 +185,26 @@ class Relay:
             await self._flush_outcomes()
             # What was claimed and not finished waits again (state "sending" → "queued").
             await asyncio.to_thread(self.queue.recover)
+
+    async def _expire_held(self) -> None:
+        """Mail held for an ETRN that never came is bounced after `max_age`, like any other
+        (RFC 5321 4.5.4.1; RFC 1985 leaves the holding time to the server)."""
+        if time.monotonic() < self._next_expiry:
+            return
+        self._next_expiry = time.monotonic() + HELD_EXPIRY_EVERY
+        cutoff = time.time() - self.options.max_age
+        while True:
+            entries = await asyncio.to_thread(self.queue.claim_expired_held, cutoff,
+                                              CLAIM_BATCH)
+            for entry in entries:
+                self._in_flight += len(entry.recipients)
+                days = self.options.max_age / 86400
+                self._bounce(_Work(entry.message, list(entry.recipients)), entry.recipients,
+                             f"held for {days:.1f} days and no ETRN asked for it", "4.4.7",
+                             None)
+            if len(entries) < CLAIM_BATCH:
+                break
+        await self._flush_outcomes()
 
     async def _sleep(self, stop: asyncio.Event) -> None:
         due = await asyncio.to_thread(self.queue.next_due)
@@ -284,7 +307,8 @@ class Relay:
             while pending:
                 work = pending.popleft()
                 if work.content is None:
-                    work.content = await asyncio.to_thread(self.blobs.read, work.message.blob)
+                    work.content = _without_return_path(
+                        await asyncio.to_thread(self.blobs.read, work.message.blob))
                 m = work.message
                 try:
                     result = await conn.send(
@@ -458,6 +482,14 @@ class Relay:
         except dns.DNSTempError as e:
             raise _RouteError(f"DNS lookup of {domain} failed: {e}", "4.4.3",
                               permanent=False) from None
+        # RFC 5321 5.1: when we are one of the MX hosts, only more preferred ones may be
+        # tried; when we are the best, the mail would loop.
+        ours = [m.preference for m in mxs if m.host.rstrip(".").lower() == o.hostname.lower()]
+        if ours:
+            mxs = [m for m in mxs if m.preference < min(ours)]
+            if not mxs:
+                raise _RouteError(f"mail for {domain} loops back to myself ({o.hostname} is "
+                                  "its best MX)", "5.4.6", permanent=True)
         require = o.tls == "required"
         verify = o.tls in ("verify", "required")
         policy = None
@@ -496,6 +528,17 @@ class Relay:
         if not addresses:
             raise _RouteError(f"{name} has no address", "4.4.4", permanent=False)
         return addresses
+
+
+def _without_return_path(content: bytes) -> bytes:
+    """The message as it goes out: without the Return-Path field netpost put on top when it
+    took the message (stored for local mailboxes; RFC 5321 4.4: only final delivery adds one,
+    and a message sent on SHOULD NOT carry one)."""
+    if content[:12].lower() == b"return-path:":
+        end = content.find(b"\r\n")
+        if end != -1:
+            return content[end + 2:]
+    return content
 
 
 def _status(reply: object, default: str) -> str:

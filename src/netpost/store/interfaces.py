@@ -252,6 +252,9 @@ class MailQueue(Protocol):
     def claim_due(self, now: float, limit: int, domain: str | None = None) -> list[QueueEntry]:
         """Take up to `limit` recipients due by `now` (oldest due first; `domain`: only that
         one, held ones included) and mark them "sending"; grouped by message."""
+    def claim_expired_held(self, arrived_before: float, limit: int) -> list[QueueEntry]:
+        """Take up to `limit` held (ETRN) recipients of messages that arrived before
+        `arrived_before` and mark them "sending": they are to be bounced."""
     def next_due(self) -> float | None:
         """When the earliest waiting, not held, recipient is due."""
     def record(self, outcomes: Sequence[Outcome]) -> None:

@@ -171,6 +171,18 @@ class SQLiteQueue:
             rows.sort(key=lambda r: (r[1], r[0]))
             return self._entries(conn, rows)
 
+    def claim_expired_held(self, arrived_before: float, limit: int) -> list[QueueEntry]:
+        # The held rows sit at the top of the queue_due index: the scan reads only them.
+        with self._store._db.write() as conn:
+            rows = conn.execute(
+                "UPDATE queue_recipients SET state = 'sending' WHERE id IN ("
+                "SELECT r.id FROM queue_recipients r JOIN queue_messages m "
+                "ON m.id = r.message_id WHERE r.state IN ('queued','deferred') "
+                "AND r.next_attempt >= ? AND m.arrival < ? LIMIT ?) "
+                f"RETURNING {_RETURNING}", (HELD, arrived_before, limit)).fetchall()
+            rows.sort(key=lambda r: (r[1], r[0]))
+            return self._entries(conn, rows)
+
     def next_due(self) -> float | None:
         row = self._conn().execute(
             "SELECT min(next_attempt) FROM queue_recipients "
