@@ -28,7 +28,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
@@ -55,6 +55,33 @@ CLAIM_BATCH = 500  # recipients taken from the queue at once
 POLL = 5.0  # seconds between looks at the queue when nothing wakes the runner
 MAX_IN_FLIGHT = 5000  # recipients claimed and not yet finished, at most
 HELD_EXPIRY_EVERY = 600.0  # seconds between looks for held (ETRN) mail past max_age
+# Message content held in memory by all connections at once, at most (a body in flight costs
+# about twice its size: the blob and its dot-stuffed copy).  A message larger than this is
+# sent alone.
+CONTENT_BUDGET = 256 * 1024 * 1024
+
+
+class ByteBudget:
+    """Bounds the bytes of message content in memory across concurrent sends."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        async with self._changed:
+            # Alone, anything fits: one oversized message never waits forever.
+            await self._changed.wait_for(
+                lambda: self.used == 0 or self.used + size <= self.limit)
+            self.used += size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= size
+                self._changed.notify_all()
 
 
 @dataclass(frozen=True)
@@ -91,7 +118,6 @@ class _Work:
 
     message: QueuedMessage
     recipients: list[QueuedRecipient]
-    content: bytes | None = None
 
 
 class _RouteError(Exception):
@@ -139,6 +165,7 @@ class Relay:
         self._flushed = asyncio.Event()
         self._policies = PolicyCache(policy_dir)
         self._next_expiry = 0.0  # monotonic time of the next look for expired held mail
+        self._budget = ByteBudget(CONTENT_BUDGET)
         self.delivered = 0
         self.bounced = 0
         self.deferred = 0
@@ -306,19 +333,21 @@ class Relay:
         try:
             while pending:
                 work = pending.popleft()
-                if work.content is None:
-                    work.content = _without_return_path(
-                        await asyncio.to_thread(self.blobs.read, work.message.blob))
                 m = work.message
                 try:
-                    result = await conn.send(
-                        m.mail_from,
-                        [OutRecipient(r.address,
-                                      tuple(sorted(r.notify)) if r.notify is not None else None,
-                                      r.orcpt[1] if r.orcpt else None)
-                         for r in work.recipients],
-                        work.content, ret=m.ret, envid=m.envid, smtputf8=m.smtputf8,
-                        eightbit=m.eightbit)
+                    async with self._budget.hold(2 * m.blob.size):
+                        content = _without_return_path(
+                            await asyncio.to_thread(self.blobs.read, m.blob))
+                        result = await conn.send(
+                            m.mail_from,
+                            [OutRecipient(r.address,
+                                          tuple(sorted(r.notify)) if r.notify is not None
+                                          else None,
+                                          r.orcpt[1] if r.orcpt else None)
+                             for r in work.recipients],
+                            content, ret=m.ret, envid=m.envid, smtputf8=m.smtputf8,
+                            eightbit=m.eightbit)
+                        del content
                 except outbound.DeliveryError as e:
                     if e.temporary:
                         pending.appendleft(work)  # the next host may take it
