@@ -529,6 +529,7 @@ class SMTPClient:
         self.authenticated = False
         self.state = GREETING
         self.failure: ConnectionFailed | None = None
+        self.replies = 0  # complete replies handled so far (the driver times each reply)
         self._trace = trace
         self._reader = ReplyReader(max_line=max_line, max_lines=max_lines)
         self._out: list[bytes] = []
@@ -786,6 +787,7 @@ class SMTPClient:
     # --- replies ------------------------------------------------------------------------------
 
     def _handle(self, reply: ServerReply) -> None:
+        self.replies += 1
         if not self._expect:
             self._fail(f"protocol error: unexpected reply {reply}", reply)
             return

@@ -181,6 +181,9 @@ class OutboundConnection:
     async def _next(self) -> Event:
         """Write what the engine has to say, read until it has an event."""
         engine = self._engine
+        loop = asyncio.get_running_loop()
+        waiting: tuple[str | None, int] | None = None
+        deadline = 0.0
         while True:
             await self._write_pending()
             event = engine.next_event()
@@ -190,9 +193,14 @@ class OutboundConnection:
                     raise self._break(
                         DeliveryError(event.reason, event.temporary, event.reply))
                 return event
-            timeout = self._timeouts.for_reply(engine.phase)
+            # The timeout bounds the whole reply, not each read: a server trickling a
+            # multiline reply a line at a time must not hold the connection for ever.
+            if waiting != (engine.phase, engine.replies):
+                waiting = (engine.phase, engine.replies)
+                deadline = loop.time() + self._timeouts.for_reply(engine.phase)
             try:
-                data = await asyncio.wait_for(self._reader.read(65536), timeout)
+                data = await asyncio.wait_for(self._reader.read(65536),
+                                              max(deadline - loop.time(), 0.0))
             except TimeoutError:
                 raise self._break(
                     DeliveryError(f"timeout waiting for {engine.waiting_for}", True)) from None
