@@ -54,6 +54,9 @@ Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
 CLAIM_BATCH = 500  # recipients taken from the queue at once
 POLL = 5.0  # seconds between looks at the queue when nothing wakes the runner
 MAX_IN_FLIGHT = 5000  # recipients claimed and not yet finished, at most
+# An idle connection waits this long for more of its domain's mail before QUIT (Postfix's
+# connection cache keeps one 2 s): a steady stream goes over few connections.
+LINGER = 1.0
 HELD_EXPIRY_EVERY = 600.0  # seconds between looks for held (ETRN) mail past max_age
 # Message content held in memory by all connections at once, at most (a body in flight costs
 # about twice its size: the blob and its dot-stuffed copy).  A message larger than this is
@@ -163,9 +166,12 @@ class Relay:
         self._outcomes: list[Outcome] = []
         self._flushing: asyncio.Task[None] | None = None
         self._flushed = asyncio.Event()
+        # Resolved when the outcomes gathered in `_outcomes` now are committed (or failed to).
+        self._outcomes_done: asyncio.Future[None] | None = None
         self._policies = PolicyCache(policy_dir)
         self._next_expiry = 0.0  # monotonic time of the next look for expired held mail
         self._budget = ByteBudget(CONTENT_BUDGET)
+        self._arrived: dict[str, asyncio.Event] = {}  # new work for a domain's connections
         self.delivered = 0
         self.bounced = 0
         self.deferred = 0
@@ -255,6 +261,9 @@ class Relay:
                 self._in_flight += len(rcpts)
                 self._domains.setdefault(domain, deque()).append(_Work(entry.message, rcpts))
                 self._start_workers(domain)
+                event = self._arrived.get(domain)
+                if event is not None:
+                    event.set()
 
     def _start_workers(self, domain: str) -> None:
         tasks = self._domain_tasks.setdefault(domain, set())
@@ -282,6 +291,7 @@ class Relay:
         elif not tasks:
             self._domains.pop(domain, None)
             self._domain_tasks.pop(domain, None)
+            self._arrived.pop(domain, None)
 
     # -- one domain --------------------------------------------------------------------------
 
@@ -297,18 +307,22 @@ class Relay:
                 else:
                     self._defer(work, work.recipients, e.reason, e.status, None)
             return
-        last_error = "no MX host could be reached"
-        for host in hosts:
-            for address in host.addresses:
+        while pending:
+            last_error = "no MX host could be reached"
+            for host, address in [(h, a) for h in hosts for a in h.addresses]:
                 if not pending:
                     return
                 async with self._connections:
                     error = await self._session(domain, host, address, pending)
-                if error is not None:
-                    last_error = f"{host.name}[{address}]: {error}"
-        while pending:  # every host failed: try again later
-            work = pending.popleft()
-            self._defer(work, work.recipients, last_error, "4.4.1", None)
+                if error is None:
+                    # This host took everything that was pending; what arrived while the
+                    # connection closed starts over with the best host.
+                    break
+                last_error = f"{host.name}[{address}]: {error}"
+            else:
+                while pending:  # every host failed: try again later
+                    work = pending.popleft()
+                    self._defer(work, work.recipients, last_error, "4.4.1", None)
 
     async def _session(self, domain: str, host: _Host, address: str,
                        pending: deque[_Work]) -> str | None:
@@ -331,7 +345,12 @@ class Relay:
         except outbound.DeliveryError as e:
             return e.reason
         try:
-            while pending:
+            idle = False  # the connection waited for this work: the server may have left
+            while conn.usable:
+                if not pending:
+                    if not await self._more_work(domain, pending):
+                        break
+                    idle = True
                 work = pending.popleft()
                 m = work.message
                 try:
@@ -351,15 +370,35 @@ class Relay:
                 except outbound.DeliveryError as e:
                     if e.temporary:
                         pending.appendleft(work)  # the next host may take it
-                        return e.reason
+                        # A server may close a connection that waited idle: start over on a
+                        # fresh one rather than count it as this host's failure.
+                        return None if idle else e.reason
                     self._bounce(work, work.recipients, e.reason, _status(e.reply, "5.0.0"),
                                  f"{host.name}")
                     continue
                 self._settle(work, result, host.name, conn.extensions.dsn)
-            return None
+                # The next transaction starts once this one's outcome is durable, so a crash
+                # sends at most one message again per connection (not all the 250s a slow
+                # commit let pile up).
+                await self._committed()
+                idle = False
+            return None  # done, or the server ended the session (421): start over
         finally:
             with contextlib.suppress(Exception):
                 await conn.aclose()
+
+    async def _more_work(self, domain: str, pending: deque[_Work]) -> bool:
+        """Wait up to LINGER for more of `domain`'s mail on an open connection."""
+        event = self._arrived.setdefault(domain, asyncio.Event())
+        deadline = time.monotonic() + LINGER
+        while not pending:
+            event.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), left)
+        return True
 
     def _settle(self, work: _Work, result: outbound.TransactionResult, mta: str,
                 remote_dsn: bool) -> None:
@@ -431,20 +470,31 @@ class Relay:
     def _record(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
         self._in_flight -= 1
+        if self._outcomes_done is None:
+            self._outcomes_done = asyncio.get_running_loop().create_future()
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_outcomes())
+
+    async def _committed(self) -> None:
+        """Return when every outcome recorded so far is committed (or its commit failed)."""
+        if self._outcomes_done is not None:
+            await asyncio.shield(self._outcomes_done)
 
     async def _flush_outcomes(self) -> None:
         """Commit every outcome gathered so far in one transaction (more arrive meanwhile and
         go in the next one)."""
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
+            done, self._outcomes_done = self._outcomes_done, None
             try:
                 await asyncio.to_thread(self.queue.record, batch)
             except Exception:
                 # The recipients stay "sending" and are retried after a restart (recover).
                 log.exception("queue: cannot record %d delivery results", len(batch))
-                return
+                continue  # what arrived meanwhile has waiters: try it too
+            finally:
+                if done is not None and not done.done():
+                    done.set_result(None)
             if any(o.notice for o in batch):
                 self.wake()
 
