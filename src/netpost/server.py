@@ -70,6 +70,11 @@ def ensure_demo(stores: Stores, config: Config, data_dir: Path) -> tuple[str, st
         password = generate_password()
         stores.domains.add_domain(demo.domain)
         stores.accounts.add_account(address, hash_password(password))
+        # As `netpost domain add` does: mail the demo account sends out is DKIM-signed.
+        from netpost.mail import dkim
+
+        if dkim.current_key(data_dir, demo.domain) is None:
+            dkim.create_key(data_dir, demo.domain)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
