@@ -226,3 +226,73 @@ def test_held_mail_expires_after_max_age(tmp_path_factory: pytest.TempPathFactor
         wait_for(lambda: queue_empty(a), what="A's queue to empty")
     finally:
         stop(a)
+
+
+def _dsn_actions(server: Server, user: str) -> list[tuple[str, str]]:
+    """(Action, Status) of every per-recipient group of the DSNs in `user`'s INBOX."""
+    out = []
+    for raw in fetch_all(server, user):
+        report = email.message_from_bytes(raw, policy=email.policy.default)
+        if report.get_content_type() != "multipart/report":
+            continue
+        for part in report.walk():
+            if part.get_content_type() == "message/delivery-status":
+                groups = part.get_payload()
+                assert isinstance(groups, list)
+                out += [(str(g["Action"]), str(g["Status"])) for g in groups[1:]]
+    return out
+
+
+def test_delay_notice_then_bounce_after_max_age(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Nothing listens at the smart host: a delay notice once the message is older than
+    delay_warning, and a failure notice when max_age is reached (RFC 3464 actions)."""
+    root = tmp_path_factory.mktemp("delay")
+    a = start_a(root, free_port(B_HOST), "delay_warning = 1.0\nmax_age = 5.0\n")
+    try:
+        submit(a, [BOB_B], "undeliverable")
+        wait_for(lambda: ("delayed", "4.4.1") in _dsn_actions(a, ALICE), timeout=30,
+                 what="a delay notice")
+        wait_for(lambda: any(act == "failed" for act, _ in _dsn_actions(a, ALICE)),
+                 timeout=40, what="the final failure notice")
+        actions = _dsn_actions(a, ALICE)
+        assert actions.count(("delayed", "4.4.1")) == 1, actions  # one delay notice only
+        wait_for(lambda: queue_empty(a), what="A's queue to empty")
+        raw = next(r for r in fetch_all(a, ALICE) if b"Action: failed" in r)
+        assert b"gave up after" in raw and b"undeliverable" in raw  # the original comes back
+    finally:
+        stop(a)
+
+
+def test_smart_host_with_auth(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A relays through B's submission port: STARTTLS, then AUTH PLAIN as B's user, who may
+    send as alice@example.test (an alias of theirs on B)."""
+    root = tmp_path_factory.mktemp("smarthost-auth")
+    b_data = root / "b"
+    b_data.mkdir()
+    for args in (("domain", "add", B_DOMAIN), ("domain", "add", DOMAIN),
+                 ("alias", "add", ALICE, f"relay@{B_DOMAIN}")):
+        r = run_cli(b_data, *args)
+        assert r.returncode == 0, r.stderr
+    for user in (f"relay@{B_DOMAIN}", BOB_B):
+        r = run_cli(b_data, "user", "add", user, "--password-stdin", stdin=PASSWORD + "\n")
+        assert r.returncode == 0, r.stderr
+    b = start_server(b_data, CONFIG + "[server]\nshutdown_grace = 2.0\nhostname = \"mx.b.test\"\n",
+                     host=B_HOST)
+    secret = root / "smarthost-password"
+    secret.write_text(PASSWORD + "\n")
+    a = start_a(root, 0, "")
+    stop(a)
+    config = (a.data / "netpost.toml").read_text().replace(
+        f'smarthost = "{B_HOST}:0"',
+        f'smarthost = "{B_HOST}:{b.port("submission")}"\n'
+        f'smarthost_user = "relay@{B_DOMAIN}"\nsmarthost_password_file = "{secret}"')
+    a = start_server(a.data, config)
+    try:
+        submit(a, [BOB_B], "through the smart host")
+        wait_for(lambda: "through the smart host" in subjects(b, BOB_B), what="delivery via B")
+        raw = next(r for r in fetch_all(b, BOB_B) if b"through the smart host" in r)
+        assert b"ESMTPSA" in raw and f"authenticated as relay@{B_DOMAIN}".encode() in raw
+        wait_for(lambda: queue_empty(a), what="A's queue to empty")
+    finally:
+        stop(a)
+        stop(b)

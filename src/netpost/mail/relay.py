@@ -495,8 +495,8 @@ class Relay:
             finally:
                 if done is not None and not done.done():
                     done.set_result(None)
-            if any(o.notice for o in batch):
-                self.wake()
+            if any(o.notice or o.state == "deferred" for o in batch):
+                self.wake()  # notices to send, or a new earliest retry to sleep until
 
     # -- notices (DSNs) ----------------------------------------------------------------------
 
