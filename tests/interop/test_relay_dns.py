@@ -20,6 +20,7 @@ import email.policy
 import imaplib
 import shutil
 import smtplib
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from netpost.mail import dkim
 from tests.conftest import CONFIG, PASSWORD, Server, client_tls, run_cli, start_server
 from tests.interop.helpers import fetch_all
 from tests.interop.test_relay import free_port, queue_empty, submit, wait_for
+from tests.interop.test_swaks import swaks
 from tests.mail.test_mtasts import PolicyServer, Reply
 from tests.security import ALICE, DOMAIN, stop, template
 from tests.support.certs import TestCA
@@ -145,14 +147,26 @@ def results_of(msg: email.message.EmailMessage) -> list[str]:
     return [" ".join(str(v).split()) for v in msg.get_all("Authentication-Results") or []]
 
 
-def test_delivered_by_mx_over_mta_sts_with_dkim_spf_dmarc_passing(world: World) -> None:
-    submit(world.a, [BOB_B], "by mx")
+def test_delivered_by_mx_over_mta_sts_with_dkim_spf_dmarc_passing(world: World,
+                                                                   tmp_path: Path) -> None:
+    # Submitted by swaks (STARTTLS, AUTH PLAIN), as a user's client would.
+    msg = (f"From: {ALICE}\r\nTo: {BOB_B}\r\nSubject: by mx\r\n"
+           "Message-ID: <by-mx@example.test>\r\n\r\nacross by MX\r\n.leading dot\r\n")
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(msg.encode()[:-2])  # swaks adds the final CRLF "." CRLF
+    r = subprocess.run([swaks(tls=True), "--server",
+                        f"127.0.0.1:{world.a.port('submission')}", "--tls", "--auth", "PLAIN",
+                        "--auth-user", ALICE, "--auth-password", PASSWORD, "--from", ALICE,
+                        "--to", BOB_B, "--data", f"@{eml}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "queued as" in r.stdout, r.stdout + r.stderr
     wait_for(lambda: by_subject(world.b, BOB_B, "by mx") is not None, what="delivery to B")
     msg = by_subject(world.b, BOB_B, "by mx")
     assert msg is not None
     received = " ".join(str(msg["Received"]).split())
     assert "by mx.b.test" in received and "ESMTPS" in received  # TLS (MTA-STS enforce)
     assert "DKIM-Signature" in msg
+    assert msg.get_content().replace("\r\n", "\n").endswith("across by MX\n.leading dot\n")
     [results] = results_of(msg)
     assert results.startswith("mx.b.test;")
     assert "dkim=pass" in results and "header.d=example.test" in results
