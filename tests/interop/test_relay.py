@@ -44,7 +44,7 @@ def start_b(root: Path, port: int) -> Server:
                         ports={"smtp": port}, host=B_HOST)
 
 
-def start_a(root: Path, b_port: int, extra: str = "") -> Server:
+def start_a(root: Path, b_port: int, extra: str = "", smarthost: str | None = None) -> Server:
     import shutil
 
     data = root / "a"
@@ -55,7 +55,7 @@ def start_a(root: Path, b_port: int, extra: str = "") -> Server:
 shutdown_grace = 2.0
 hostname = "mx.example.test"
 [relay]
-smarthost = "{B_HOST}:{b_port}"
+smarthost = "{smarthost or f'{B_HOST}:{b_port}'}"
 first_retry = 1.0
 max_retry = 2.0
 connect_timeout = 3.0
@@ -228,9 +228,9 @@ def test_held_mail_expires_after_max_age(tmp_path_factory: pytest.TempPathFactor
         stop(a)
 
 
-def _dsn_actions(server: Server, user: str) -> list[tuple[str, str]]:
-    """(Action, Status) of every per-recipient group of the DSNs in `user`'s INBOX."""
-    out = []
+def dsn_groups(server: Server, user: str) -> list[email.message.Message]:
+    """The per-recipient groups (RFC 3464 2.3) of every DSN in `user`'s INBOX."""
+    out: list[email.message.Message] = []
     for raw in fetch_all(server, user):
         report = email.message_from_bytes(raw, policy=email.policy.default)
         if report.get_content_type() != "multipart/report":
@@ -239,8 +239,12 @@ def _dsn_actions(server: Server, user: str) -> list[tuple[str, str]]:
             if part.get_content_type() == "message/delivery-status":
                 groups = part.get_payload()
                 assert isinstance(groups, list)
-                out += [(str(g["Action"]), str(g["Status"])) for g in groups[1:]]
+                out += groups[1:]
     return out
+
+
+def _dsn_actions(server: Server, user: str) -> list[tuple[str, str]]:
+    return [(str(g["Action"]), str(g["Status"])) for g in dsn_groups(server, user)]
 
 
 def test_delay_notice_then_bounce_after_max_age(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -280,13 +284,9 @@ def test_smart_host_with_auth(tmp_path_factory: pytest.TempPathFactory) -> None:
                      host=B_HOST)
     secret = root / "smarthost-password"
     secret.write_text(PASSWORD + "\n")
-    a = start_a(root, 0, "")
-    stop(a)
-    config = (a.data / "netpost.toml").read_text().replace(
-        f'smarthost = "{B_HOST}:0"',
-        f'smarthost = "{B_HOST}:{b.port("submission")}"\n'
-        f'smarthost_user = "relay@{B_DOMAIN}"\nsmarthost_password_file = "{secret}"')
-    a = start_server(a.data, config)
+    a = start_a(root, 0, f'smarthost_user = "relay@{B_DOMAIN}"\n'
+                f'smarthost_password_file = "{secret}"\n',
+                smarthost=f"{B_HOST}:{b.port('submission')}")
     try:
         submit(a, [BOB_B], "through the smart host")
         wait_for(lambda: "through the smart host" in subjects(b, BOB_B), what="delivery via B")

@@ -30,7 +30,7 @@ import pytest
 from netpost.mail import dkim
 from tests.conftest import CONFIG, PASSWORD, Server, client_tls, run_cli, start_server
 from tests.interop.helpers import fetch_all
-from tests.interop.test_relay import free_port, queue_empty, submit, wait_for
+from tests.interop.test_relay import dsn_groups, free_port, queue_empty, submit, wait_for
 from tests.interop.test_swaks import swaks
 from tests.mail.test_mtasts import PolicyServer, Reply
 from tests.security import ALICE, DOMAIN, stop, template
@@ -176,16 +176,8 @@ def test_delivered_by_mx_over_mta_sts_with_dkim_spf_dmarc_passing(world: World,
 
 
 def _dsn_for(server: Server, recipient: str) -> email.message.Message | None:
-    for msg in messages(server, ALICE):
-        if msg.get_content_type() != "multipart/report":
-            continue
-        for part in msg.walk():
-            if part.get_content_type() == "message/delivery-status":
-                groups = part.get_payload()
-                assert isinstance(groups, list)
-                if any(recipient in str(g["Final-Recipient"]) for g in groups[1:]):
-                    return groups[1]  # type: ignore[no-any-return]
-    return None
+    return next((g for g in dsn_groups(server, ALICE)
+                 if recipient in str(g["Final-Recipient"])), None)
 
 
 def test_null_mx_bounces_at_once(world: World) -> None:
