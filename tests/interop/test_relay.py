@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import CONFIG, PASSWORD, Server, client_tls, run_cli, start_server
 from tests.interop.helpers import fetch_all
 from tests.security import ALICE, DOMAIN, stop, template
+from tests.support.certs import TestCA
 
 B_DOMAIN = "b.test"
 B_HOST = "127.0.0.2"
@@ -280,12 +281,17 @@ def test_smart_host_with_auth(tmp_path_factory: pytest.TempPathFactory) -> None:
     for user in (f"relay@{B_DOMAIN}", BOB_B):
         r = run_cli(b_data, "user", "add", user, "--password-stdin", stdin=PASSWORD + "\n")
         assert r.returncode == 0, r.stderr
-    b = start_server(b_data, CONFIG + "[server]\nshutdown_grace = 2.0\nhostname = \"mx.b.test\"\n",
-                     host=B_HOST)
+    # With AUTH, A insists on TLS and checks the certificate: B's is from a test CA for its
+    # address, and A trusts that CA.
+    ca = TestCA()
+    cert, key = ca.issue(B_HOST, directory=root / "certs")
+    (root / "ca.pem").write_text(ca.pem)
+    b = start_server(b_data, CONFIG + "[server]\nshutdown_grace = 2.0\nhostname = \"mx.b.test\"\n"
+                     f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n', host=B_HOST)
     secret = root / "smarthost-password"
     secret.write_text(PASSWORD + "\n")
-    a = start_a(root, 0, f'smarthost_user = "relay@{B_DOMAIN}"\n'
-                f'smarthost_password_file = "{secret}"\n',
+    auth = (f'smarthost_user = "relay@{B_DOMAIN}"\nsmarthost_password_file = "{secret}"\n')
+    a = start_a(root, 0, auth + f'ca_file = "{root / "ca.pem"}"\n',
                 smarthost=f"{B_HOST}:{b.port('submission')}")
     try:
         submit(a, [BOB_B], "through the smart host")
@@ -293,6 +299,16 @@ def test_smart_host_with_auth(tmp_path_factory: pytest.TempPathFactory) -> None:
         raw = next(r for r in fetch_all(b, BOB_B) if b"through the smart host" in r)
         assert b"ESMTPSA" in raw and f"authenticated as relay@{B_DOMAIN}".encode() in raw
         wait_for(lambda: queue_empty(a), what="A's queue to empty")
+    finally:
+        stop(a)
+    # Without the CA, B's certificate does not check out: the password is not sent.
+    a = start_a(root, 0, auth, smarthost=f"{B_HOST}:{b.port('submission')}")
+    try:
+        submit(a, [BOB_B], "unverified smart host")
+        wait_for(lambda: "deferred" in a.cli("queue", "list").stdout, what="a deferral")
+        listing = a.cli("queue", "list").stdout
+        assert "certificate" in listing.lower(), listing
+        assert "unverified smart host" not in subjects(b, BOB_B)
     finally:
         stop(a)
         stop(b)

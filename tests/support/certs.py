@@ -4,6 +4,7 @@ mta-sts.a.test or mx.b.test) that a client trusts through `TestCA.client_context
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import ssl
 from pathlib import Path
 
@@ -16,6 +17,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+def _alt_name(name: str) -> x509.GeneralName:
+    """An IP address SAN for "127.0.0.2", a DNS name SAN otherwise."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 class TestCA:
@@ -48,7 +57,7 @@ class TestCA:
 
     def issue(self, *names: str, directory: Path,
               expired: bool = False) -> tuple[Path, Path]:
-        """A server certificate for `names` (DNS subjectAltNames), written with its key to
+        """A server certificate for `names` (DNS or IP subjectAltNames), written with its key to
         `directory`; returns (cert_path, key_path). The certificate file holds the chain."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
@@ -62,7 +71,7 @@ class TestCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+            .add_extension(x509.SubjectAlternativeName([_alt_name(n) for n in names]),
                            critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),

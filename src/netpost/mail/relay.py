@@ -549,7 +549,12 @@ class Relay:
                 addresses = [str(ipaddress.ip_address(name))]  # an address, not a name
             except ValueError:
                 addresses = await self._addresses(name)
-            return [_Host(name, tuple(addresses), o.tls == "required", o.tls != "opportunistic")]
+            # The smart host's password goes only over TLS to a certificate that checks out
+            # (RFC 8314 4.1 asks the same of a mail client).
+            secret = o.smarthost_auth is not None
+            require = o.tls == "required" or (secret and o.tls != "none")
+            verify = o.tls in ("verify", "required") or secret
+            return [_Host(name, tuple(addresses), require, verify)]
         try:
             mxs = await self.resolver.mx(domain)
         except dns.NullMX:
@@ -557,7 +562,7 @@ class Relay:
             raise _RouteError(f"{domain} accepts no mail (null MX, RFC 7505)", "5.1.10",
                               permanent=True) from None
         except dns.PermanentDNSError as e:
-            raise _RouteError(f"{domain}: {e}", "5.1.2", permanent=True) from None
+            raise _RouteError(str(e), "5.1.2", permanent=True) from None
         except dns.DNSTempError as e:
             raise _RouteError(f"DNS lookup of {domain} failed: {e}", "4.4.3",
                               permanent=False) from None

@@ -24,7 +24,9 @@ class RelayConfig:
                             "deliver it (false: submission takes local domains only)")
     smarthost: str = setting("", "HOST[:PORT]: relay everything through this host instead of "
                              "looking up MX records (empty: deliver by MX)")
-    smarthost_user: str = setting("", "AUTH user name for the smart host (empty: no AUTH)")
+    smarthost_user: str = setting("", "AUTH user name for the smart host (empty: no AUTH); "
+                                  "with it, STARTTLS is required and the smart host's "
+                                  "certificate checked")
     smarthost_password_file: str = setting("", "file holding the smart host's password")
     remote_port: int = setting(25, "port of the remote MX hosts (RFC 5321: 25)", positive=True)
     nameservers: tuple[str, ...] = setting((), "DNS servers for MX lookups and inbound checks, as "
@@ -68,6 +70,10 @@ class RelayConfig:
             raise ValueError("max_retry must be at least first_retry")
         if self.smarthost_user and not self.smarthost_password_file:
             raise ValueError("smarthost_user needs smarthost_password_file")
+        if self.smarthost_user and self.tls == "none":
+            raise ValueError("smarthost_user needs TLS (tls = \"none\" would send the "
+                             "password in clear); the smart host's certificate is checked "
+                             "against ca_file or the system's CAs")
 
 
 def build(ctx: BuildContext, decl: ListenerDecl) -> StreamHandler:

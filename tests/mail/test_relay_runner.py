@@ -1,9 +1,13 @@
-"""The relay's bound on message content in memory across concurrent sends."""
+"""The relay runner's bound on message content in memory across concurrent sends, and the
+settings it refuses."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from netpost.config import ConfigError, from_dict
 from netpost.mail.relay import ByteBudget
 
 
@@ -37,3 +41,15 @@ def test_waits_for_room_and_lets_an_oversized_message_go_alone() -> None:
     assert set(order[2:]) == {"+b", "-b", "+big", "-big"}
     i, j = order.index("+big"), order.index("-big")
     assert j == i + 1  # nothing else held content while the oversized one did
+
+
+@pytest.mark.parametrize(("relay", "error"), [
+    ({"tls": "sometimes"}, "tls must be one of"),
+    ({"first_retry": 600.0, "max_retry": 60.0}, "max_retry must be at least first_retry"),
+    ({"smarthost_user": "me"}, "smarthost_user needs smarthost_password_file"),
+    ({"smarthost_user": "me", "smarthost_password_file": "/x", "tls": "none"},
+     "smarthost_user needs TLS"),
+])
+def test_relay_settings_refused(relay: dict[str, object], error: str) -> None:
+    with pytest.raises(ConfigError, match=f"relay: {error}"):
+        from_dict({"relay": relay})
