@@ -1,0 +1,1 @@
+"""Files: each account's own file tree (served by FTP)."""
