@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-LISTENER_NAMES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+LISTENER_NAMES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "ftp",
+                  "ftps")
 DOMAIN = "example.test"
 PASSWORD = "correct horse battery"
 

@@ -182,10 +182,10 @@ class ToySession(Session):
         chunk = b"x" * 65536
         left = size
         while left:
-            channel.writer.write(chunk[:left])
+            channel.write(chunk[:left])
             left -= min(left, len(chunk))
-            await channel.writer.drain()
-        await channel.aclose()
+            await channel.drain()
+        await channel.finish(10.0)
         self.toy.send(f"+ sent {size}")
 
     async def do_watch(self, address: str) -> None:

@@ -32,6 +32,7 @@ BUILTIN: tuple[str, ...] = (
     "netpost.pop3.service",
     "netpost.imap.service",
     "netpost.relay.service",
+    "netpost.ftp.service",
 )
 
 # The trace name of outbound SMTP sessions (the relay's), beside the listeners' names.

@@ -40,6 +40,7 @@ class Services:
     stores: Stores  # for services that build their own (a protocol's `build` may use them)
     resolver: Resolver  # DNS for the relay and the inbound checks ([relay] nameservers)
     relay: Relay | None = None  # the outbound queue's runner ([relay] enabled)
+    data_dir: Path | None = None  # where services keep their files (users' file trees)
 
 
 def relay_config(config: Config) -> RelayConfig:
@@ -85,6 +86,7 @@ def build_services(stores: Stores, config: Config, *, data_dir: Path | None = No
         stores=stores,
         resolver=resolver,
         relay=relay,
+        data_dir=data_dir,
     )
 
 

@@ -37,7 +37,8 @@ __all__ = [
 ]
 
 TransferVerb = Literal["RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"]
-FileVerb = Literal["CWD", "MKD", "RMD", "DELE", "RNFR", "RNTO", "SIZE", "MDTM", "MLST", "STAT"]
+FileVerb = Literal["CWD", "MKD", "RMD", "DELE", "RNFR", "RNTO", "SIZE", "MDTM", "MLST", "STAT",
+                   "CHMOD"]
 
 _UPLOADS = frozenset({"STOR", "APPE", "STOU"})
 _TRANSFERS = frozenset({"RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"})
@@ -472,7 +473,19 @@ class FTPConnection:
         return None
 
     def _cmd_site(self, arg: str) -> Event | None:
-        self._reply(504, "No SITE commands here")
+        command, _, rest = arg.partition(" ")
+        command = command.upper()
+        if command == "CHMOD":
+            # The unofficial SITE CHMOD mode path (pyftpdlib, vsftpd), as mirror tools send.
+            mode, _, path = rest.strip().partition(" ")
+            if not mode or len(mode) > 4 or any(c not in "01234567" for c in mode) or not path:
+                self._error(501, "SITE CHMOD takes an octal mode and a path")
+                return None
+            return FileRequest("CHMOD", path, mode)
+        if command == "HELP":
+            self._reply(214, ["SITE commands:", " CHMOD mode path", "End"])
+            return None
+        self._reply(504, f"SITE {command or '(none)'} not understood; SITE HELP lists them")
         return None
 
     # information
@@ -621,7 +634,8 @@ class FTPConnection:
             return None
         host = ".".join(str(int(p)) for p in parts[:4])
         port = int(parts[4]) * 256 + int(parts[5])
-        return self._set_active(host, port, "PORT")
+        self._set_active(host, port, "PORT")
+        return None
 
     def _cmd_eprt(self, arg: str) -> Event | None:
         if self._epsv_all:
@@ -643,21 +657,21 @@ class FTPConnection:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             self._error(501, "EPRT: bad port")
             return None
-        return self._set_active(str(address), int(port_text), "EPRT")
+        self._set_active(str(address), int(port_text), "EPRT")
+        return None
 
     def _set_active(self, host: str, port: int, verb: str) -> None:
         if not _same_host(host, self.settings.client_address):
             # RFC 2577 3: no data connections to a third host (FTP bounce).
             self._reply(504, f"{verb} refused: data connections go only to your own address")
-            return None
+            return
         if port < 1024:
             # RFC 2577 3: nor to a privileged port.
             self._reply(504, f"{verb} refused: port {port} is a privileged port")
-            return None
+            return
         self._active = ActiveTarget(host, port)
         self._passive = False
         self._reply(200, f"{verb} command successful")
-        return None
 
     def _transfer(self, verb: str, arg: str, offset: int) -> Event | None:
         if verb in ("RETR", "STOR", "APPE") and not arg:

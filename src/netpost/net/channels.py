@@ -16,6 +16,7 @@ Every channel is closed when the session ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import random
@@ -36,25 +37,118 @@ class ChannelError(Exception):
     """A channel could not be opened; the message says why, fit for a protocol reply."""
 
 
+class Truncated(ConnectionError):
+    """The peer closed a TLS channel without close_notify: what came may be cut short."""
+
+
 class Channel:
-    """An open extra connection: stream reader and writer, plain or TLS."""
+    """An open extra connection: read, write, close; plain or TLS.
+
+    TLS is done here over memory BIOs rather than by the event loop's transport, for two
+    reasons that decide whether an upload is whole: a clean end (the peer's close_notify) is
+    told apart from a cut connection (`read` raises `Truncated`; RFC 4217 12.6 / RFC 8446 6.1),
+    and no TLS 1.3 session tickets are sent on a channel (a client that closes with them
+    unread makes its kernel reset the connection and drop the data it had not sent yet).
+    """
 
     def __init__(self, owner: Channels, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter,
+                 tls: tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO] | None = None) -> None:
         self._owner = owner
-        self.reader = reader
+        self.reader = reader  # the raw stream (TLS records when `tls`)
         self.writer = writer
+        self._tls: ssl.SSLObject | None = tls[0] if tls else None
+        self._incoming = tls[1] if tls else ssl.MemoryBIO()
+        self._outgoing = tls[2] if tls else ssl.MemoryBIO()
+        self._eof = False
         peer = writer.get_extra_info("peername")
         self.peer: tuple[str, int] = (str(peer[0]), int(peer[1])) if peer else ("", 0)
 
     @property
     def ssl_object(self) -> ssl.SSLObject | None:
-        obj = self.writer.get_extra_info("ssl_object")
-        return obj if isinstance(obj, ssl.SSLObject) else None
+        return self._tls
+
+    @property
+    def tls(self) -> bool:
+        return self._tls is not None
+
+    async def _handshake(self, timeout: float) -> None:
+        tls = self._tls
+        assert tls is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            await self._flush_tls()
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError("TLS handshake timed out")
+            data = await asyncio.wait_for(self.reader.read(CHANNEL_READ_LIMIT), left)
+            if not data:
+                raise ConnectionError("connection closed during the TLS handshake")
+            self._incoming.write(data)
+        await self._flush_tls()
+
+    async def _flush_tls(self) -> None:
+        pending = self._outgoing.read()
+        if pending:
+            self.writer.write(pending)
+            await self.writer.drain()
+
+    async def read(self, n: int = CHANNEL_READ_LIMIT) -> bytes:
+        """Up to `n` octets; b"" at a clean end.  Raises Truncated for a TLS channel closed
+        without close_notify."""
+        tls = self._tls
+        if tls is None:
+            return await self.reader.read(n)
+        while True:
+            try:
+                return tls.read(n)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                self._eof = True
+                return b""
+            await self._flush_tls()  # key updates and the like
+            data = await self.reader.read(CHANNEL_READ_LIMIT)
+            if not data:
+                raise Truncated("the data connection closed without TLS close_notify")
+            self._incoming.write(data)
+
+    def write(self, data: bytes) -> None:
+        if self._tls is None:
+            self.writer.write(data)
+            return
+        self._tls.write(data)
+        self.writer.write(self._outgoing.read())
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    async def finish(self, timeout: float) -> None:
+        """End the channel cleanly: everything written is sent, then (TLS) close_notify,
+        then FIN."""
+        if self._tls is not None:
+            with contextlib.suppress(ssl.SSLError, ssl.SSLWantReadError):
+                self._tls.unwrap()
+            await asyncio.wait_for(self._flush_tls(), timeout)
+        await asyncio.wait_for(self.writer.drain(), timeout)
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+        await self.aclose()
 
     def close(self) -> None:
         if not self.writer.is_closing():
             self.writer.close()
+        self._owner._forget(self)
+
+    def abort(self) -> None:
+        """Drop the connection at once (a failed or aborted transfer)."""
+        self.writer.transport.abort()
         self._owner._forget(self)
 
     async def aclose(self) -> None:
@@ -187,14 +281,30 @@ class Channels:
         reader = asyncio.StreamReader(limit=CHANNEL_READ_LIMIT)
         protocol = asyncio.StreamReaderProtocol(reader)
         try:
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=ctx,
-                ssl_handshake_timeout=self.timeout if ctx is not None else None)
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+        except OSError as exc:
             sock.close()
             raise ChannelError(f"the data connection failed: {exc}") from exc
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        channel = Channel(self, reader, writer)
+        state: tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO] | None = None
+        if ctx is not None:
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            # No session tickets on a channel (see Channel); the control connection, made with
+            # the same context, still gets them.  SSL_new copies the count, so it is set only
+            # around this one wrap (nothing else runs on the loop meanwhile).
+            tickets = ctx.num_tickets
+            ctx.num_tickets = 0
+            try:
+                state = (ctx.wrap_bio(incoming, outgoing, server_side=True), incoming, outgoing)
+            finally:
+                ctx.num_tickets = tickets
+        channel = Channel(self, reader, writer, state)
+        if state is not None:
+            try:
+                await channel._handshake(self.timeout)
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+                transport.abort()
+                raise ChannelError(f"the data connection's TLS handshake failed: {exc}") from exc
         self._add(channel)
         return channel
 
