@@ -24,14 +24,14 @@ from netpost.registry import Registry, RegistryError, default_registry
 from netpost.server import serve
 from netpost.store.embedded import open_admin
 from tests.conftest import client_tls
-from tests.toys import ECHO, TICKS, TOY
+from tests.toys import ECHO, SERVED, TICKS, TOY
 
 USER = "watcher@toy.test"
 PASSWORD = "toy password"
 
 
 def toy_registry() -> Registry:
-    return default_registry().with_services(ECHO, TOY)
+    return default_registry().with_services(ECHO, TOY, SERVED)
 
 
 @dataclass
@@ -90,7 +90,8 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
         "listen": listen,
         "server": {"shutdown_grace": 2.0},
         "auth": {"failure_delay": 0.1, "failure_max_delay": 0.2},
-        "limits": {"datagram_rate": 2.0, "datagram_burst": 20},
+        "limits": {"datagram_rate": 2.0, "datagram_burst": 20,
+                   "max_connections_per_ip": 3},
         "trace": {"listeners": ["all"]},
         "toy": {"greeting": "hello from the toy"},
     }, registry)
@@ -188,6 +189,22 @@ def test_toy_tcp_session(toy: InProcessServer) -> None:
     assert c.ask("NOPE") .startswith("- bad command")
     assert c.ask("QUIT") == "+ bye"
     c.close()
+
+
+def test_served_listener_limits(toy: InProcessServer) -> None:
+    """A library's server on netpost's socket: listed at start, limits held via admit()."""
+    assert any(line.startswith("listening served") for line in toy.lines)
+    conns = [socket.create_connection(("127.0.0.1", toy.ports["served"]), timeout=5)
+             for _ in range(4)]
+    try:
+        replies = [c.makefile("rb").readline() for c in conns]
+        assert replies[:3] == [b"+ served\n"] * 3
+        assert replies[3] == b"- too many connections from your address\n"
+        conns[0].sendall(b"ping\n")
+        assert conns[0].makefile("rb").readline() == b"+ ping\n"
+    finally:
+        for c in conns:
+            c.close()
 
 
 def _read_all(sock: socket.socket) -> int:

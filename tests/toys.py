@@ -15,6 +15,7 @@ and a worker that counts its runs.  Nothing here is imported by netpost itself.
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +23,13 @@ from netpost.auth.service import Authenticator
 from netpost.mail.mailboxes import Mailboxes
 from netpost.net.channels import ChannelError, Channels
 from netpost.net.datagram import Datagram, DatagramHandler, DatagramListener
+from netpost.net.served import ServedListener
 from netpost.net.session import Engine, Session
 from netpost.net.workers import Worker
 from netpost.registry import (
     BuildContext,
     ListenerDecl,
+    ServerHandler,
     Service,
     StreamHandler,
     TLSMode,
@@ -266,4 +269,40 @@ TOY = Service(
     listeners=(ListenerDecl("toy", "toy", 9, "toy line protocol", tls=TLSMode.STARTTLS),),
     build=build_toy,
     workers=toy_workers,
+)
+
+# --- a listener served by a library's own server (net/served.py) --------------------------------
+
+
+def build_served(ctx: BuildContext, decl: ListenerDecl) -> ServerHandler:
+    """asyncio's own stream server on netpost's socket, counting connections as asyncssh or
+    an ASGI server would through admit/release."""
+
+    async def serve(sock: socket.socket, listener: ServedListener) -> asyncio.Server:
+        async def connection(reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername")[0]
+            refused = listener.admit(peer)
+            if refused is not None:
+                writer.write(f"- {refused}\n".encode())
+                writer.close()
+                return
+            try:
+                writer.write(b"+ served\n")
+                while line := await reader.readline():
+                    writer.write(b"+ " + line)
+            finally:
+                listener.release(peer)
+                writer.close()
+
+        return await asyncio.start_server(connection, sock=sock)
+
+    return ServerHandler(serve)
+
+
+SERVED = Service(
+    name="served",
+    listeners=(ListenerDecl("served", "served", 11, "a library's server (a toy)",
+                            tls=TLSMode.NONE),),
+    build=build_served,
 )

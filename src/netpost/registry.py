@@ -15,13 +15,16 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    import socket
+
     from netpost.config import Config
     from netpost.net.datagram import DatagramHandler, DatagramListener
+    from netpost.net.served import ServedListener
     from netpost.net.session import SessionFactory
     from netpost.net.workers import Worker
     from netpost.services import Services
@@ -86,6 +89,21 @@ class StreamHandler:
     idle_timeout: float  # seconds a client may stay silent
 
 
+class RunningServer(Protocol):
+    """A library's server on a socket netpost listens on (asyncssh's, an ASGI server's)."""
+
+    def close(self) -> None: ...
+    async def wait_closed(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServerHandler:
+    """What a service's `build` returns for a TCP listener that a library serves itself:
+    `serve(sock, listener)` takes the bound, listening socket (net/served.py)."""
+
+    serve: Callable[[socket.socket, ServedListener], Awaitable[RunningServer]]
+
+
 @dataclass(frozen=True)
 class BuildContext:
     """What a service's `build` and `workers` functions get: the shared services, the whole
@@ -96,7 +114,7 @@ class BuildContext:
     settings: Any  # the instance of the service's `settings` class
 
 
-Handler = StreamHandler | Callable[["DatagramListener"], "DatagramHandler"]
+Handler = StreamHandler | ServerHandler | Callable[["DatagramListener"], "DatagramHandler"]
 
 
 @dataclass(frozen=True)

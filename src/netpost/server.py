@@ -20,6 +20,7 @@ from typing import Protocol
 from netpost.auth.passwords import generate_password, hash_password, verify_password
 from netpost.config import Config, ListenAddress
 from netpost.net.datagram import DatagramListener
+from netpost.net.served import ServedListener
 from netpost.net.session import ListenerSpec
 from netpost.net.stream import StreamListener
 from netpost.net.tls import ensure_certificate, server_context
@@ -30,6 +31,7 @@ from netpost.registry import (
     OUTBOUND_TRACE,
     BuildContext,
     Registry,
+    ServerHandler,
     StreamHandler,
     TLSMode,
     Transport,
@@ -135,11 +137,17 @@ def build_listeners(registry: Registry, services: Services, config: Config,
                                 config.traced(decl.name))
             handler = service.build(ctx, decl)
             if decl.transport is Transport.UDP:
-                if isinstance(handler, StreamHandler):
+                if isinstance(handler, (StreamHandler, ServerHandler)):
                     raise TypeError(f"{decl.name}: a UDP listener needs a datagram handler")
                 listeners.append(DatagramListener(spec, handler, rate=limits.datagram_rate,
                                                   burst=limits.datagram_burst,
                                                   trace_log=trace_log))
+                continue
+            if isinstance(handler, ServerHandler):
+                listeners.append(ServedListener(
+                    spec, handler, ssl_context=ssl_ctx if decl.tls is not TLSMode.NONE else None,
+                    max_connections=limits.max_connections,
+                    max_per_ip=limits.max_connections_per_ip, trace_log=trace_log))
                 continue
             if not isinstance(handler, StreamHandler):
                 raise TypeError(f"{decl.name}: a TCP listener needs a StreamHandler")
