@@ -688,6 +688,10 @@ class FTPConnection:
             return None
         if verb == "APPE" and offset:
             offset = 0  # RFC 959: APPE appends whatever REST said
+        if verb in ("LIST", "NLST"):
+            # ls options many clients send ("LIST -la", "NLST -a"): ignored, as vsftpd does.
+            while arg.startswith("-"):
+                arg = arg.partition(" ")[2].lstrip(" ")
         return TransferRequest(verb, arg, offset, self.ascii,  # type: ignore[arg-type]
                                self.protected, self._active)
 

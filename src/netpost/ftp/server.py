@@ -240,6 +240,11 @@ class FTPSession(Session):
             if verb in ("STOR", "APPE", "STOU"):
                 offset = event.offset if verb == "STOR" and event.offset else None
                 return path, tree.begin_upload(path, append=verb == "APPE", offset=offset)
+            # A listing of a missing or forbidden path is refused (550) before the 150, not
+            # after a data connection was opened for it.
+            entry = tree.stat(path)
+            if verb == "MLSD" and not entry.is_dir:
+                raise NotAllowed(f"{path}: not a directory (MLSD lists directories)")
             return path, None
 
         passive = self.passive
@@ -462,11 +467,15 @@ def account_dir(address: str) -> str:
 def _tree_reply(exc: TreeError) -> tuple[int, str]:
     if isinstance(exc, QuotaExceeded):
         return 552, f"Quota exceeded: {exc}"
+    text = str(exc)
     if isinstance(exc, NotFound):
-        return 550, str(exc)
-    if "restart offset" in str(exc):
-        return 554, str(exc)  # RFC 3659 5.5: requested action not taken, invalid REST
-    return 553 if "name" in str(exc).lower() else 550, str(exc)
+        return 550, text
+    # The reason follows the path ("/a/b: reason"): the client's path must not pick the code
+    # (RETR /etc-link/hostname is 550, not 553 for "name").
+    reason = "bad file name" if text.startswith("bad file name") else text.rpartition(": ")[2]
+    if "restart offset" in reason:
+        return 554, text  # RFC 3659 5.5: requested action not taken, invalid REST
+    return 553 if "name" in reason.lower() else 550, text
 
 
 def _quote(path: str) -> str:
