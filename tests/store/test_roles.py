@@ -166,6 +166,7 @@ def test_schema_v1_is_migrated(tmp_path: Path) -> None:
         DROP TABLE subscriptions;
         DROP TABLE queue_recipients;
         DROP TABLE queue_messages;
+        DROP TABLE shares;
         PRAGMA user_version = 1;
     """)
     conn.close()

@@ -29,6 +29,7 @@ from netpost.store.interfaces import AdminStores, GarbageReport, StoreError, Sto
 from netpost.store.migrate import MigrationReport, is_migrated, mark_migrated, migrate_layout
 from netpost.store.sqlite import SQLiteStore
 from netpost.store.sqlqueue import SQLiteQueue
+from netpost.store.sqlshares import SQLiteShares
 from netpost.store.tiered import DEFAULT_THRESHOLD, TieredBlobStore
 
 DB_NAME = "netpost.db"
@@ -103,14 +104,14 @@ def open_stores(data_dir: Path, *, small_body_limit: int = DEFAULT_THRESHOLD) ->
     return Stores(domains=meta, accounts=meta, aliases=meta, mailboxes=meta, messages=meta,
                   delivery=committer, blobs=blobs, changes=feed, log=meta,
                   maintenance=EmbeddedMaintenance(meta, blobs, committer),
-                  queue=SQLiteQueue(meta), closer=close)
+                  queue=SQLiteQueue(meta), shares=SQLiteShares(meta), closer=close)
 
 
 def open_admin(data_dir: Path) -> AdminStores:
     """The account roles only, for the command line (no threads, no blob store)."""
     meta = _metadata(data_dir)
     return AdminStores(domains=meta, accounts=meta, aliases=meta, mailboxes=meta,
-                       queue=SQLiteQueue(meta), closer=meta.close)
+                       queue=SQLiteQueue(meta), shares=SQLiteShares(meta), closer=meta.close)
 
 
 def embedded_maintenance(stores: Stores) -> EmbeddedMaintenance:

@@ -13,6 +13,7 @@ Roles for services:
   BlobStore                      message content: create (streaming) / read / open / delete
   ChangeFeed                     publish / subscribe in process, with a cursor into ChangeLog
   MailQueue                      the outbound queue: per-recipient state, claim due, outcomes
+  Shares                         files and folders published at unguessable URLs (web/)
   Maintenance                    collect what nothing references any more
 
 Roles between parts of a backend (the group committer is shared by backends that keep
@@ -276,6 +277,33 @@ class MailQueue(Protocol):
         """Recipients per state."""
 
 
+@dataclass(frozen=True)
+class Share:
+    """A file or folder of an account's file tree, published at `/s/<token>` (web/shares.py)."""
+
+    token: str  # the unguessable part of the URL (secrets.token_urlsafe)
+    address: str  # the account whose tree holds it
+    path: str  # its virtual path in that tree ("/photos", "/report.pdf")
+    created: float  # POSIX seconds
+    expires: float | None  # POSIX seconds; None: until removed
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and now >= self.expires
+
+
+class Shares(Protocol):
+    """Published files and folders.  Removing an account removes its shares."""
+
+    def add_share(self, token: str, address: str, path: str,
+                  expires: float | None = None) -> Share:
+        """Record a share (StoreError for an unknown account or a token already used)."""
+    def get_share(self, token: str) -> Share | None: ...
+    def list_shares(self, address: str | None = None) -> list[Share]:
+        """Every share (or one account's), oldest first."""
+    def remove_share(self, token: str) -> bool:
+        """Forget a share; False if there was none."""
+
+
 ChangeKind = Literal["append", "expunge", "flags"]
 
 
@@ -521,6 +549,7 @@ class AdminStores:
     aliases: Aliases
     mailboxes: MailboxCatalogue
     queue: MailQueue
+    shares: Shares
     closer: Callable[[], None]
 
     def close(self) -> None:
@@ -542,6 +571,7 @@ class Stores:
     log: ChangeLog
     maintenance: Maintenance
     queue: MailQueue
+    shares: Shares
     closer: Callable[[], None]  # commits what is queued, then closes; blocking
 
     def close(self) -> None:
