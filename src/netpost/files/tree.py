@@ -23,6 +23,7 @@ Pure filesystem code: every method may block, so an asyncio session calls it in 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import math
 import os
@@ -42,6 +43,7 @@ TEMP_PREFIX = ".netpost-upload."
 """Names starting with this are upload temporary files: refused by `resolve`, hidden."""
 
 _STALE_TEMP = 3600.0  # seconds without a write after which a temporary file is abandoned
+_NEW_TEMP = 0.5  # seconds a fresh temporary file is left alone (made, maybe not locked yet)
 _NAME_MAX = 255  # bytes of UTF-8 in one name (the usual NAME_MAX)
 _PATH_MAX = 4096  # bytes of UTF-8 in a virtual path
 _SIX_MONTHS = 15_778_476  # seconds, half a Gregorian year, as GNU ls reckons "recent"
@@ -430,6 +432,9 @@ class FileTree:
         except OSError as exc:
             raise _error(exc, vpath) from None
         try:
+            # Held while the upload runs (released when the file closes, or the process dies):
+            # a temporary file nobody holds is abandoned (`_abandoned`).
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if st is not None:
                 os.fchmod(fd, stat_mod.S_IMODE(st.st_mode))  # an overwrite keeps the mode
             file = open(fd, "wb", buffering=1 << 16)
@@ -535,7 +540,7 @@ class FileTree:
                         stack.append(de.path)
                     elif stat_mod.S_ISREG(st.st_mode):
                         if de.name.startswith(TEMP_PREFIX):
-                            if now - st.st_mtime > _STALE_TEMP:
+                            if _abandoned(de.path, st, now):
                                 _unlink_quietly(de.path)
                             continue  # a running upload counts by its reservation
                         total += st.st_size
@@ -551,7 +556,7 @@ class FileTree:
                     st = de.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                if stat_mod.S_ISREG(st.st_mode) and now - st.st_mtime > _STALE_TEMP:
+                if stat_mod.S_ISREG(st.st_mode) and _abandoned(de.path, st, now):
                     _unlink_quietly(de.path)
 
     def _charge(self, upload: Upload, delta: int) -> None:
@@ -573,6 +578,28 @@ class FileTree:
             upload._delta = 0
             if self._usage is not None:
                 self._usage += delta
+
+
+def _abandoned(path: str, st: os.stat_result, now: float) -> bool:
+    """Whether an upload temporary file is left over: no upload holds its lock any more (its
+    process ended, killed or crashed: the kernel drops the lock) or it has not been written
+    for an hour."""
+    age = now - st.st_mtime
+    if age > _STALE_TEMP:
+        return True
+    if age < _NEW_TEMP:
+        return False  # just made: its upload may not hold the lock yet
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # an upload is writing it
+    finally:
+        os.close(fd)
+    return True
 
 
 def _unlink_quietly(path: str) -> None:
