@@ -5,14 +5,15 @@
 # knot is the authoritative DNS server the outbound-mail tests start (tests/support/dns.py);
 # postfix is the real MX peer and smtp-sink (tests/support/postfix.py), installed with the
 # debconf answer "No configuration" so no system instance is set up.
-# lftp is an FTP/FTPS client of the file-transfer tests.
+# lftp is an FTP/FTPS client of the file-transfer tests; openssh-client (sftp, ssh-keygen) and
+# sshpass (the password login) drive the SFTP tests.
 # Also the build dependencies of Dovecot's imaptest, which tests/interop/imaptest_tool.py builds
 # from shared/tools/ into ~/.cache/netpost-tools (imaptest itself is not packaged in Debian).
 set -eu
-CLIENTS="knot postfix swaks libnet-ssleay-perl curl msmtp mutt neomutt isync offlineimap3 fetchmail getmail6 mpop openssl dovecot-core lftp"
+CLIENTS="knot postfix swaks libnet-ssleay-perl curl msmtp mutt neomutt isync offlineimap3 fetchmail getmail6 mpop openssl dovecot-core lftp openssh-client sshpass"
 IMAPTEST_BUILD="dovecot-dev build-essential autoconf automake libtool pkg-config libssl-dev zlib1g-dev"
 PACKAGES="$CLIENTS $IMAPTEST_BUILD"
-TOOLS="knotd knotc postfix postconf smtp-sink swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl doveadm lftp"
+TOOLS="knotd knotc postfix postconf smtp-sink swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl doveadm lftp sftp ssh-keygen sshpass"
 BUILD_TOOLS="autoreconf automake libtoolize pkg-config make cc"
 missing=""
 for t in $TOOLS $BUILD_TOOLS; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done

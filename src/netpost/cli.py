@@ -214,9 +214,59 @@ def parse_size(text: str) -> int | None:
     return int(value * factor)
 
 
+def cmd_user_key(args: argparse.Namespace) -> int:
+    """`user key add USER KEYFILE|-`, `user key list USER`, `user key remove USER FINGERPRINT`:
+    the account's SSH public keys for SFTP (DATA/ssh/authorized_keys/USER)."""
+    from netpost.sftp.keys import AuthorizedKeys, BadKey
+
+    # The positionals of `user` are ACTION ADDRESS SIZE EXTRA: here key, verb, user, argument.
+    verb, user, arg = args.address, args.size, args.extra
+    usage = ("say e.g. 'netpost user key add alice@example.org ~/.ssh/id_ed25519.pub' "
+             "(or - for standard input), 'user key list alice@example.org' or "
+             "'user key remove alice@example.org SHA256:...'")
+    if verb not in ("add", "list", "remove") or user is None:
+        raise CLIError(usage)
+    if (verb == "list") != (arg is None):
+        raise CLIError(usage)
+    address = check_address(user)
+    keys = AuthorizedKeys(data_dir(args))
+    with _store(args) as stores:
+        if stores.accounts.get_account(address) is None:
+            raise CLIError(f"no user {address}")
+    if verb == "list":
+        for k in keys.list_keys(address):
+            print(f"{k.fingerprint} {k.key.get_algorithm()} {k.comment}".rstrip())
+        return 0
+    assert arg is not None
+    if verb == "remove":
+        removed = keys.remove(address, arg)
+        if removed is None:
+            raise CLIError(f"{address} has no key {arg} (see 'netpost user key list "
+                           f"{address}')")
+        print(f"removed key {removed.fingerprint} of {address}")
+        return 0
+    try:
+        text = sys.stdin.read() if arg == "-" else Path(arg).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"cannot read {arg}: {exc}") from None
+    try:
+        added = keys.add(address, text)
+    except BadKey as exc:
+        raise CLIError(f"{'standard input' if arg == '-' else arg}: {exc}") from None
+    if not added:
+        print(f"{address} already has that key")
+    for k in added:
+        print(f"added key {k.fingerprint} ({k.key.get_algorithm()}) for {address}")
+    return 0
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     from netpost.auth.passwords import hash_password
 
+    if args.action == "key":
+        return cmd_user_key(args)
+    if args.extra is not None:
+        raise CLIError(f"unexpected argument {args.extra!r}")
     with _store(args) as stores:
         accounts = stores.accounts
         if args.action == "list":
@@ -249,7 +299,10 @@ def cmd_user(args: argparse.Namespace) -> int:
             print(f"quota of {address}: " + ("the server's default ([imap] quota)"
                                              if octets is None else f"{octets} octets"))
         else:
+            from netpost.sftp.keys import AuthorizedKeys
+
             accounts.remove_account(address)
+            AuthorizedKeys(data_dir(args)).drop(address)  # a new account of that name
             print(f"removed user {address} and its mail")
         return 0
 
@@ -543,11 +596,19 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--selector", help="new: the selector (default np + year and month)")
     dk.set_defaults(func=cmd_dkim)
 
-    u = sub.add_parser("user", help="manage accounts (mail users)")
-    u.add_argument("action", choices=["add", "list", "del", "passwd", "quota"])
-    u.add_argument("address", nargs="?", help="e.g. alice@example.org")
+    u = sub.add_parser("user", help="manage accounts (mail users) and their SSH keys",
+                       description="Accounts: add, list, del, passwd, quota. SSH public keys "
+                                   "for SFTP: 'user key add USER KEYFILE' (- reads standard "
+                                   "input), 'user key list USER', 'user key remove USER "
+                                   "FINGERPRINT'.")
+    u.add_argument("action", choices=["add", "list", "del", "passwd", "quota", "key"])
+    u.add_argument("address", nargs="?", help="e.g. alice@example.org (key: add, list or "
+                   "remove)")
     u.add_argument("size", nargs="?", help="quota: storage limit (RFC 9208), e.g. 2G, 500M, "
-                   "0 for none, 'default' for [imap] quota")
+                   "0 for none, 'default' for [imap] quota (key: the user)")
+    u.add_argument("extra", nargs="?", metavar="KEYFILE|FINGERPRINT",
+                   help="key add: a public key file or -; key remove: the key's SHA256 "
+                        "fingerprint")
     u.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of standard input")
     u.set_defaults(func=cmd_user)

@@ -36,6 +36,7 @@ BUILTIN: tuple[str, ...] = (
     "netpost.imap.service",
     "netpost.relay.service",
     "netpost.ftp.service",
+    "netpost.sftp.service",
 )
 
 # The trace name of outbound SMTP sessions (the relay's), beside the listeners' names.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from netpost.auth.service import Authenticator
 from netpost.auth.throttle import FailureThrottle
 from netpost.config import Config
+from netpost.files.trees import FileTrees
 from netpost.mail.delivery import LocalDelivery, RelayPolicy, UnknownRecipient
 from netpost.mail.dns import Resolver
 from netpost.mail.mailboxes import Mailboxes
@@ -41,6 +42,7 @@ class Services:
     resolver: Resolver  # DNS for the relay and the inbound checks ([relay] nameservers)
     relay: Relay | None = None  # the outbound queue's runner ([relay] enabled)
     data_dir: Path | None = None  # where services keep their files (users' file trees)
+    files: FileTrees | None = None  # each account's file tree (FTP, SFTP); needs data_dir
 
 
 def relay_config(config: Config) -> RelayConfig:
@@ -48,6 +50,14 @@ def relay_config(config: Config) -> RelayConfig:
 
     settings = config.services.get("relay")
     return settings if isinstance(settings, RelayConfig) else RelayConfig()
+
+
+def files_quota(config: Config) -> int | None:
+    """The octets each account's file tree may hold: [ftp] quota (0: no limit), which SFTP
+    shares."""
+    settings = config.services.get("ftp")
+    quota = getattr(settings, "quota", 0)
+    return quota if isinstance(quota, int) and quota > 0 else None
 
 
 def build_services(stores: Stores, config: Config, *, data_dir: Path | None = None,
@@ -87,6 +97,8 @@ def build_services(stores: Stores, config: Config, *, data_dir: Path | None = No
         resolver=resolver,
         relay=relay,
         data_dir=data_dir,
+        files=(FileTrees(data_dir / "files", files_quota(config))
+               if data_dir is not None else None),
     )
 
 

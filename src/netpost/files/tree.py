@@ -386,13 +386,16 @@ class FileTree:
         return open(fd, "rb")
 
     def begin_upload(
-        self, vpath: str, *, append: bool = False, offset: int | None = None
+        self, vpath: str, *, append: bool = False, offset: int | None = None,
+        in_place: bool = False,
     ) -> Upload:
         """Start writing `vpath`: STOR (a temporary file, renamed on commit), APPE
         (`append`: into the real file at its end) or a resumed STOR (`offset`: into the real
-        file from `offset`, cut there first)."""
-        if append and offset is not None:
-            raise ValueError("append and offset exclude each other")
+        file from `offset`, cut there first).  `in_place` (SFTP's open for writing without
+        truncation): into the real file (made if missing), nothing cut, written with
+        `Upload.write_at` anywhere."""
+        if sum((append, offset is not None, in_place)) > 1:
+            raise ValueError("append, offset and in_place exclude each other")
         vpath = self.resolve("/", vpath)
         if vpath == "/":
             raise NotAllowed("/: is a directory")
@@ -419,8 +422,8 @@ class FileTree:
             # RFC 3659 5.5: a restart marker past the end is refused (554).
             raise NotAllowed(f"{vpath}: restart offset beyond end of file")
         self.usage()  # walk now, while no upload of ours is half written
-        if append or offset is not None:
-            return self._begin_in_place(vpath, real, offset)
+        if append or offset is not None or in_place:
+            return self._begin_in_place(vpath, real, offset, keep=in_place)
         return self._begin_temp(vpath, real, st)
 
     def _begin_temp(self, vpath: str, real: str, st: os.stat_result | None) -> Upload:
@@ -447,9 +450,10 @@ class FileTree:
         self._charge(upload, -(st.st_size if st is not None else 0))
         return upload
 
-    def _begin_in_place(self, vpath: str, real: str, offset: int | None) -> Upload:
+    def _begin_in_place(self, vpath: str, real: str, offset: int | None,
+                        keep: bool = False) -> Upload:
         flags = os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC
-        if offset is None:
+        if offset is None and not keep:
             flags |= os.O_APPEND
         existed = os.path.lexists(real)
         try:
@@ -467,6 +471,8 @@ class FileTree:
             if offset is not None:
                 os.ftruncate(fd, offset)
                 os.lseek(fd, offset, os.SEEK_SET)
+            elif keep:
+                os.lseek(fd, start, os.SEEK_SET)  # `write` continues at the end
             file = open(fd, "wb", buffering=1 << 16)
         except (OSError, TreeError) as exc:
             os.close(fd)
@@ -476,6 +482,7 @@ class FileTree:
                 raise _error(exc, vpath) from None
             raise
         upload = Upload(self, vpath, real, file, temp=None, base=st.st_size, created=not existed)
+        upload._extent = start
         self._charge(upload, start - st.st_size)  # REST: cut to `offset` (never a charge)
         return upload
 
@@ -637,6 +644,7 @@ class Upload:
         self._base = base  # the real file's size when the upload began (in place)
         self._created = created
         self._delta = 0  # bytes this upload adds to the tree, as charged
+        self._extent = 0  # the size of the file being written, as far as written
 
     def write(self, data: bytes) -> None:
         """Append `data`; QuotaExceeded (the upload is then aborted) when it would not fit."""
@@ -654,6 +662,39 @@ class Upload:
             self.abort()
             raise _error(exc, self.vpath) from None
         self.written += n
+        self._extent += n
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset` of the file (SFTP writes at offsets; a gap reads as
+        zeros).  Not for an APPE upload, whose writes always go to the end.  QuotaExceeded
+        (the upload is then aborted) when the file would grow beyond the quota."""
+        if self._done:
+            raise TreeError(f"{self.vpath}: upload already finished")
+        if offset < 0:
+            raise NotAllowed(f"{self.vpath}: bad offset")
+        if offset == self._extent:
+            self.write(data)  # the usual case: in order, through the buffer
+            return
+        end = max(self._extent, offset + len(data))
+        try:
+            self._tree._charge(self, self._delta + (end - self._extent))
+        except QuotaExceeded:
+            self.abort()
+            raise
+        try:
+            self._file.flush()
+            fd = self._file.fileno()
+            view = memoryview(data)
+            at = offset
+            while view:
+                n = os.pwrite(fd, view, at)
+                view, at = view[n:], at + n
+            self._file.seek(end)  # `write` continues at the end
+        except OSError as exc:
+            self.abort()
+            raise _error(exc, self.vpath) from None
+        self.written += len(data)
+        self._extent = end
 
     def commit(self) -> None:
         """Make the upload durable under its name (fsync, rename, fsync the directory)."""

@@ -76,11 +76,13 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> StreamHandler:
     files_root = data_dir / "files"
     passive = parse_port_range(ftp.passive_ports)
     quota = ftp.quota or None
-    # One FileTree per account in this process: its usage count (for the quota) is then
-    # shared by every session of that account.
+    # One FileTree per account in this process, shared with SFTP (Services.files): its usage
+    # count (for the quota) is then shared by every session of that account.
     trees: dict[str, FileTree] = {}
 
     def tree_of(account: str) -> FileTree:
+        if ctx.services.files is not None:
+            return ctx.services.files.tree(account)
         tree = trees.get(account)
         if tree is None:
             tree = trees[account] = FileTree(files_root / account_dir(account), quota)
