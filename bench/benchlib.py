@@ -248,7 +248,8 @@ class NetpostServer:
         defaults, e.g. imap 10143 and pop3 10110, are the Dovecot peer's ports)."""
         listen = {"smtp": smtp, "submission": None, "submissions": None, "pop3": pop3,
                   "pop3s": None, "imap": imap, "imaps": None, "ftp": None, "ftps": None,
-                  "sftp": None}
+                  "sftp": None,
+                  "http": None}
         args = []
         for name, port in listen.items():
             args += ["--listen", f"{name}={LOCALHOST}:{port}" if port else f"{name}=off"]

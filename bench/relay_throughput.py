@@ -195,7 +195,8 @@ class NetpostRelay(B.NetpostServer):
     def start_submission(self, port: int) -> None:
         listen = {"smtp": None, "submission": port, "submissions": None, "pop3": None,
                   "pop3s": None, "imap": None, "imaps": None, "ftp": None, "ftps": None,
-                  "sftp": None}
+                  "sftp": None,
+                  "http": None}
         args: list[str] = []
         for name, p in listen.items():
             args += ["--listen", f"{name}={B.LOCALHOST}:{p}" if p else f"{name}=off"]

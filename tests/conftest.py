@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 LISTENER_NAMES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "ftp",
-                  "ftps", "sftp")
+                  "ftps", "sftp", "http")
 DOMAIN = "example.test"
 PASSWORD = "correct horse battery"
 

@@ -537,6 +537,76 @@ def cmd_queue(args: argparse.Namespace) -> int:
         return 0
 
 
+def share_url(args: argparse.Namespace, token: str) -> str:
+    """The URL of a share: [web] base_url, or http://[server] hostname and the http port."""
+    from netpost.web.service import WebConfig
+
+    cfg = load(data_dir(args) / CONFIG_NAME)
+    web = cfg.services.get("web")
+    base = web.base_url if isinstance(web, WebConfig) else ""
+    if not base:
+        address = cfg.listen_address("http") if "http" in cfg.listen else None
+        port = address.port if address is not None else 10080
+        base = f"http://{cfg.server.hostname}" + ("" if port == 80 else f":{port}")
+    return f"{base.rstrip('/')}/s/{token}"
+
+
+def cmd_share(args: argparse.Namespace) -> int:
+    """Files and folders published over HTTP at unguessable URLs (the http listener)."""
+    import secrets
+    import time
+
+    from netpost.files.tree import FileTree, NotFound, TreeError
+    from netpost.web.shares import TOKEN_BYTES, account_tree_dir
+
+    with _store(args) as stores:
+        shares = stores.shares
+        if args.action == "list":
+            user = check_address(args.arg) if args.arg is not None else None
+            listed = shares.list_shares(user)
+            if not listed and user is None:
+                print("nothing is shared")
+            now = time.time()
+            for s in listed:
+                when = ("expired" if s.expired(now) else
+                        f"until {_when(s.expires)}" if s.expires is not None else "no expiry")
+                print(f"{share_url(args, s.token)}  {s.address}  {s.path}  ({when})")
+            return 0
+        if args.action == "remove":
+            if args.arg is None:
+                raise CLIError("share remove needs the TOKEN (or URL) from 'netpost share list'")
+            token = args.arg.rstrip("/").rpartition("/s/")[2].partition("/")[0] \
+                if "/s/" in args.arg else args.arg
+            if not shares.remove_share(token):
+                raise CLIError(f"no share {token} (see 'netpost share list')")
+            print(f"removed share {token}: its URL now answers 404")
+            return 0
+        if args.arg is None or args.path is None:
+            raise CLIError("share add needs USER and PATH, e.g. 'netpost share add "
+                           "alice@example.org /photos'")
+        address = check_address(args.arg, "user")
+        if stores.accounts.get_account(address) is None:
+            raise CLIError(f"no user {address}")
+        if args.expires is not None and not 0 < args.expires <= 36500:
+            raise CLIError("--expires takes a number of days greater than 0")
+        root = data_dir(args) / "files" / account_tree_dir(address)
+        try:
+            tree = FileTree(root)
+            vpath = tree.resolve("/", args.path)
+            tree.stat(vpath)
+        except NotFound:
+            raise CLIError(f"{address} has no file or folder {args.path} (the files they "
+                           f"upload are in {root})") from None
+        except TreeError as exc:
+            raise CLIError(f"cannot share {args.path} of {address}: {exc}") from None
+        expires = time.time() + args.expires * 86400 if args.expires is not None else None
+        share = shares.add_share(secrets.token_urlsafe(TOKEN_BYTES), address, vpath, expires)
+        print(share_url(args, share.token))
+        print(f"shares {vpath} of {address}"
+              + (f" until {_when(expires)}" if expires is not None else " until removed"))
+        return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from netpost.net.trace import follow
 
@@ -672,6 +742,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a queue id from 'list' (flush: a domain)")
     q.add_argument("--limit", type=int, default=1000, help="list at most this many messages")
     q.set_defaults(func=cmd_queue)
+
+    sh = sub.add_parser("share", help="publish a user's file or folder at a URL (HTTP)",
+                        description="add USER PATH: publish a file or folder of USER's file "
+                                    "tree (the one FTP shows them) at an unguessable URL on "
+                                    "the http listener, printed; list [USER]; remove TOKEN "
+                                    "(or the URL): the URL answers 404 from then on.")
+    sh.add_argument("action", choices=["add", "list", "remove"])
+    sh.add_argument("arg", nargs="?", metavar="USER|TOKEN",
+                    help="add, list: the account; remove: the token or URL")
+    sh.add_argument("path", nargs="?", help="add: the path in the user's tree, e.g. /photos")
+    sh.add_argument("--expires", type=float, metavar="DAYS",
+                    help="add: the URL stops working after this many days (410 Gone)")
+    sh.set_defaults(func=cmd_share)
 
     t = sub.add_parser("trace", help="follow the protocol trace live",
                        description="Print protocol trace lines as sessions talk.")

@@ -37,6 +37,7 @@ BUILTIN: tuple[str, ...] = (
     "netpost.relay.service",
     "netpost.ftp.service",
     "netpost.sftp.service",
+    "netpost.web.service",
 )
 
 # The trace name of outbound SMTP sessions (the relay's), beside the listeners' names.

@@ -1,0 +1,1 @@
+"""The web face: files over HTTP today (`/s/...`), the HTTP API and UI later (issue 11)."""

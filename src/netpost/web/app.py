@@ -1,0 +1,98 @@
+"""The web application: one Starlette app that the HTTP listener serves.
+
+Today it serves shared files (`/s/...`, `web/shares.py`); the web API (`/api/v1`) and the UI
+(issue 11) mount beside them here, each in a module of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from netpost.web.shares import PREFIX, ShareFiles, share_routes
+
+if TYPE_CHECKING:
+    from netpost.services import Services
+
+# (client host, client port) -> the connection's trace function, or None
+TraceLookup = Callable[[tuple[str, int] | None], Callable[[str, str], None] | None]
+
+# Headers every answer gets unless it set them itself.
+DEFAULT_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+def shorten(path: str) -> str:
+    """A request path for the trace: a share token cut to its first 6 characters."""
+    if path.startswith(PREFIX):
+        token, sep, rest = path[len(PREFIX):].partition("/")
+        if len(token) > 8:
+            token = token[:6] + "…"
+        return PREFIX + token + sep + rest
+    return path
+
+
+class NetpostMiddleware:
+    """Default headers on every answer; each request and answer in the protocol trace
+    (`C: GET /s/abcdef…/file` / `S: 206 100`, the number being the body octets sent)."""
+
+    def __init__(self, app: ASGIApp, trace_of: TraceLookup | None = None) -> None:
+        self.app = app
+        self.trace_of = trace_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        trace = None
+        if self.trace_of is not None:
+            client = scope.get("client")
+            trace = self.trace_of((str(client[0]), int(client[1])) if client else None)
+        if trace is not None:
+            wanted = [f"{k.decode('latin-1').title()}: {v.decode('latin-1')}"
+                      for k, v in scope.get("headers", ())
+                      if k.lower() in (b"range", b"if-none-match", b"if-modified-since",
+                                       b"if-range")]
+            line = f"{scope['method']} {shorten(scope['path'])}"
+            if scope.get("query_string"):
+                line += "?" + scope["query_string"].decode("latin-1")
+            trace("C", "  ".join([line, *wanted]))
+        status = 0
+        sent = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                have = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in DEFAULT_HEADERS if k not in have]
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+                if trace is not None and not message.get("more_body", False):
+                    trace("S", f"{status} {sent}")
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def create_app(services: Services, *, send_timeout: float = 60.0,
+               trace_of: TraceLookup | None = None) -> Starlette:
+    """The web app over netpost's services: shared files at `/s/<token>[/<path>]`."""
+    data_dir = services.data_dir
+    if data_dir is None:
+        raise ValueError("the web service needs a data directory for the users' file trees")
+    files = ShareFiles(services.stores.shares, Path(data_dir) / "files")
+    routes: list[BaseRoute] = [*share_routes(files, send_timeout=send_timeout)]
+    # Issue 11: Mount("/api/v1", ...) and the UI go here.
+    app = Starlette(routes=routes)
+    app.add_middleware(NetpostMiddleware, trace_of=trace_of)
+    return app
