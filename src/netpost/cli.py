@@ -557,7 +557,8 @@ def cmd_share(args: argparse.Namespace) -> int:
     import time
 
     from netpost.files.tree import FileTree, NotFound, TreeError
-    from netpost.web.shares import TOKEN_BYTES, account_tree_dir
+    from netpost.files.trees import account_dir
+    from netpost.web.shares import TOKEN_BYTES
 
     with _store(args) as stores:
         shares = stores.shares
@@ -589,7 +590,9 @@ def cmd_share(args: argparse.Namespace) -> int:
             raise CLIError(f"no user {address}")
         if args.expires is not None and not 0 < args.expires <= 36500:
             raise CLIError("--expires takes a number of days greater than 0")
-        root = data_dir(args) / "files" / account_tree_dir(address)
+        root = data_dir(args) / "files" / account_dir(address)
+        if not root.is_dir():
+            raise CLIError(f"{address} has no files yet (their uploads go to {root})")
         try:
             tree = FileTree(root)
             vpath = tree.resolve("/", args.path)

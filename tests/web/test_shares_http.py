@@ -423,6 +423,9 @@ def test_share_url_without_base_url(tmp_path: Path) -> None:
     assert run_cli(data, "domain", "add", DOMAIN).returncode == 0
     assert run_cli(data, "user", "add", ALICE, "--password-stdin",
                    stdin="pw\n").returncode == 0
+    r = run_cli(data, "share", "add", ALICE, "/")
+    assert r.returncode == 1 and f"{ALICE} has no files yet" in r.stderr
+    assert not (data / "files" / ALICE).exists()
     (data / "files" / ALICE).mkdir(parents=True)
     (data / "files" / ALICE / "f").write_bytes(b"x")
     r = run_cli(data, "share", "add", ALICE, "f", "--expires", "7")

@@ -7,7 +7,6 @@ Today it serves shared files (`/s/...`, `web/shares.py`); the web API (`/api/v1`
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -87,10 +86,9 @@ class NetpostMiddleware:
 def create_app(services: Services, *, send_timeout: float = 60.0,
                trace_of: TraceLookup | None = None) -> Starlette:
     """The web app over netpost's services: shared files at `/s/<token>[/<path>]`."""
-    data_dir = services.data_dir
-    if data_dir is None:
-        raise ValueError("the web service needs a data directory for the users' file trees")
-    files = ShareFiles(services.stores.shares, Path(data_dir) / "files")
+    if services.files is None:
+        raise ValueError("the web service needs the users' file trees (a data directory)")
+    files = ShareFiles(services.stores.shares, services.files)
     routes: list[BaseRoute] = [*share_routes(files, send_timeout=send_timeout)]
     # Issue 11: Mount("/api/v1", ...) and the UI go here.
     app = Starlette(routes=routes)

@@ -14,11 +14,9 @@ import asyncio
 import os
 import re
 import stat as stat_mod
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -27,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from netpost.files.tree import Entry, FileTree, TreeError
+from netpost.files.trees import FileTrees
 from netpost.store.interfaces import Share, Shares
 from netpost.web.files import FileAnswer
 from netpost.web.listing import LISTING_HEADERS, render_listing
@@ -37,13 +36,6 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(
     os, "O_NONBLOCK", 0)
-
-
-def account_tree_dir(address: str) -> str:
-    """The directory of an account's tree under DATA/files (the FTP service's rule)."""
-    from netpost.ftp.server import account_dir
-
-    return account_dir(address)
 
 
 @dataclass(frozen=True)
@@ -62,23 +54,16 @@ class Gone(Exception):
 
 class ShareFiles:
     """Resolves share URLs to files and folders, confined to what was shared (blocking: call
-    `find` in a thread)."""
+    `find` in a thread).  The trees are the ones FTP and SFTP use (`Services.files`)."""
 
-    def __init__(self, shares: Shares, files_root: Path,
+    def __init__(self, shares: Shares, trees: FileTrees,
                  clock: Callable[[], float] = time.time) -> None:
         self.shares = shares
-        self.files_root = files_root
+        self.trees = trees
         self.clock = clock
-        self._trees: dict[str, FileTree] = {}
-        self._lock = threading.Lock()
 
     def tree(self, address: str) -> FileTree:
-        with self._lock:
-            tree = self._trees.get(address)
-            if tree is None:
-                tree = self._trees[address] = FileTree(
-                    self.files_root / account_tree_dir(address))
-            return tree
+        return self.trees.tree(address)
 
     def find(self, token: str, inner: str) -> Found | None:
         """None for anything that is not there or not shared; Gone for an expired share."""
