@@ -66,3 +66,29 @@ def test_modes_exclude_each_other(tmp_path: Path) -> None:
     tree = FileTree(tmp_path / "t")
     with pytest.raises(ValueError):
         tree.begin_upload("/f", append=True, in_place=True)
+
+
+def test_truncate_cuts_or_extends_and_writes_continue_there(tmp_path: Path) -> None:
+    tree = FileTree(tmp_path / "t")
+    (tree.root / "f").write_bytes(b"0123456789")
+    up = tree.begin_upload("/f", in_place=True)
+    up.write_at(0, b"ab")
+    up.truncate(4)
+    up.write(b"!")
+    up.commit()
+    assert (tree.root / "f").read_bytes() == b"ab23!"
+    assert tree.usage() == 5
+    with tree.begin_upload("/g") as up:
+        up.write(b"x")
+        up.truncate(3)
+        up.commit()
+    assert (tree.root / "g").read_bytes() == b"x\0\0"
+
+
+def test_truncate_beyond_the_quota_aborts(tmp_path: Path) -> None:
+    tree = FileTree(tmp_path / "t", quota=10)
+    up = tree.begin_upload("/f")
+    with pytest.raises(QuotaExceeded):
+        up.truncate(11)
+    assert not list(tree.root.iterdir())
+    assert tree.usage() == 0

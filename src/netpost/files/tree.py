@@ -696,6 +696,28 @@ class Upload:
         self.written += len(data)
         self._extent = end
 
+    def truncate(self, size: int) -> None:
+        """Cut (or extend with zeros) the file being written to `size` octets; later writes
+        continue there (SFTP's FSETSTAT with a size, which OpenSSH's scp sends at the end).
+        QuotaExceeded (the upload is then aborted) when it would not fit."""
+        if self._done:
+            raise TreeError(f"{self.vpath}: upload already finished")
+        if size < 0:
+            raise NotAllowed(f"{self.vpath}: bad size")
+        try:
+            self._tree._charge(self, self._delta + (size - self._extent))
+        except QuotaExceeded:
+            self.abort()
+            raise
+        try:
+            self._file.flush()
+            os.ftruncate(self._file.fileno(), size)
+            self._file.seek(size)
+        except OSError as exc:
+            self.abort()
+            raise _error(exc, self.vpath) from None
+        self._extent = size
+
     def commit(self) -> None:
         """Make the upload durable under its name (fsync, rename, fsync the directory)."""
         if self._committed:

@@ -12,7 +12,8 @@ What a client may do, and what it may not:
   above "/" stays at "/", a symbolic link leading out is refused); "/" is the tree's root and
   the home directory.  Symbolic and hard links cannot be made, and `readlink` answers nothing
   (the tree shows links as what they point to).  `setstat` may change permission bits (the
-  owner keeps read and write, as FTP's SITE CHMOD) and times, nothing else.
+  owner keeps read and write, as FTP's SITE CHMOD) and times, and the size only of a file
+  being written (FSETSTAT on its handle); never the owner or group.
 - Uploads: an open for writing with TRUNC (what `put` sends), or of a new file, writes a
   hidden temporary file that becomes the file only at the client's CLOSE (fsync, rename,
   directory fsync): a connection lost before it leaves nothing under the name.  APPEND writes
@@ -88,6 +89,7 @@ class SSHSession(asyncssh.SSHServer):
         self.admitted = False
         self.trace: Trace = _no_trace
         self.address: str | None = None  # the account logged in
+        self.how = ""  # with what: "password", "public key SHA256:..."
         self.last_active = time.monotonic()
         self.busy = 0  # requests being answered
         self._idle_task: asyncio.Task[None] | None = None
@@ -169,10 +171,15 @@ class SSHSession(asyncssh.SSHServer):
         return True
 
     def _logged_in(self, address: str, how: str) -> None:
+        # A public key is validated twice (the client's query, then its signature): the login
+        # is traced once, when asyncssh completes it.
         self.address = address
+        self.how = how
         if self.conn is not None:
             self.conn.set_extra_info(netpost_account=address)
-        self.trace("S", f"login {address} ({how})")
+
+    def auth_completed(self) -> None:
+        self.trace("S", f"login {self.address} ({self.how})")
 
     # Everything else asyncssh asks an SSHServer (port forwarding, tun/tap, host-based and
     # keyboard-interactive beyond the password) keeps its default: refused.
@@ -248,14 +255,16 @@ class TreeSFTPServer(asyncssh.SFTPServer):
             self.trace("C", request)
         try:
             result = await asyncio.to_thread(work)
-        except TreeError as exc:
-            error = _sftp_error(exc)
-            self.trace("S", f"{type(error).__name__.removeprefix('SFTP')}: {exc}")
-            raise error from None
-        except asyncssh.SFTPError as exc:
-            self.trace("S", f"{type(exc).__name__.removeprefix('SFTP')}: {exc.reason}")
-            raise
-        except OSError as exc:
+        except (TreeError, asyncssh.SFTPError, OSError) as exc:
+            if quiet:
+                self.trace("C", request)  # quiet when it works, shown when it fails
+            if isinstance(exc, TreeError):
+                error = _sftp_error(exc)
+                self.trace("S", f"{type(error).__name__.removeprefix('SFTP')}: {exc}")
+                raise error from None
+            if isinstance(exc, asyncssh.SFTPError):
+                self.trace("S", f"{type(exc).__name__.removeprefix('SFTP')}: {exc.reason}")
+                raise
             self.trace("S", f"Failure: {exc.strerror}")
             raise asyncssh.SFTPFailure(exc.strerror or "failed") from None
         finally:
@@ -441,6 +450,14 @@ class TreeSFTPServer(asyncssh.SFTPServer):
         await self.setstat(path, attrs)
 
     async def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
+        if isinstance(file_obj, _Writing) and attrs.size is not None:
+            # The size of a file being written (OpenSSH's scp cuts its in-place upload so).
+            upload, size = file_obj.upload, attrs.size
+            await self._run(f"FSETSTAT {file_obj.vpath} size={size}",
+                            lambda: upload.truncate(size))
+            attrs = asyncssh.SFTPAttrs(uid=attrs.uid, gid=attrs.gid, owner=attrs.owner,
+                                       group=attrs.group, permissions=attrs.permissions,
+                                       atime=attrs.atime, mtime=attrs.mtime)
         self._check_attrs(attrs)
         if isinstance(file_obj, _Writing):
             # Applied when the upload becomes the file (CLOSE).
@@ -587,6 +604,14 @@ class TreeSFTPServer(asyncssh.SFTPServer):
             else:
                 handle.upload.abort()
         self.files.clear()
+        # The client ended the session: say how it went, as OpenSSH's sftp-server (a process
+        # sshd runs) does by exiting; scp counts a channel closed without a status a failure.
+        chan = self.channel
+        if not chan.is_closing():
+            try:
+                chan.exit(0)
+            except (OSError, asyncssh.Error):
+                pass
 
 
 def sftp_factory(ctx: SFTPContext) -> Callable[[asyncssh.SSHServerChannel[bytes]], TreeSFTPServer]:
