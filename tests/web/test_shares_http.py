@@ -459,5 +459,21 @@ def test_connection_limits_and_idle_timeout(tmp_path: Path) -> None:
         conn.request("GET", "/s/nothing-here-at-all-0000")
         assert conn.getresponse().status == 404
         conn.close()
+        # A download in flight (a client that stopped reading) does not hold up SIGTERM.
+        assert srv.cli("domain", "add", DOMAIN).returncode == 0
+        srv.add_user(ALICE)
+        (srv.data / "files" / ALICE).mkdir(parents=True)
+        (srv.data / "files" / ALICE / "f.bin").write_bytes(os.urandom(32 << 20))
+        r = srv.cli("share", "add", ALICE, "/f.bin")
+        token = r.stdout.split()[0].rpartition("/s/")[2]
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=5)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(f"GET /s/{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert stalled.recv(12) == b"HTTP/1.1 200"
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert srv.stop(timeout=30) == 0
+        assert time.monotonic() - started < 15
+        stalled.close()
     finally:
         assert srv.stop() == 0
