@@ -477,3 +477,27 @@ def test_connection_limits_and_idle_timeout(tmp_path: Path) -> None:
         stalled.close()
     finally:
         assert srv.stop() == 0
+
+
+def test_parallel_range_requests(site: Site) -> None:
+    """Download managers fetch pieces in parallel on several connections."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = site.tree / "pub" / "big.bin"
+    rng = random.Random(8)
+    pieces = [(start, start + rng.randrange(1, 3 << 20))
+              for start in (rng.randrange(0, BIG - (3 << 20)) for _ in range(40))]
+
+    def fetch(piece: tuple[int, int]) -> bool:
+        first, last = piece
+        status, h, body = site.get(f"/s/{site.folder}/big.bin",
+                                   headers={"Range": f"bytes={first}-{last}"})
+        with path.open("rb") as f:
+            f.seek(first)
+            want = f.read(last - first + 1)
+        return status == 206 and h["content-range"] == f"bytes {first}-{last}/{BIG}" \
+            and body == want
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(fetch, pieces))
