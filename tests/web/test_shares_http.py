@@ -314,6 +314,13 @@ def test_200_mib_download_streams(site: Site, tmp_path: Path) -> None:
         assert resp.status_code == 200
         next(resp.iter_bytes())
     assert site.get(f"/s/{site.folder}/a.txt")[0] == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if " (cut short)" in (site.server.data / "trace.log").read_text():
+            break
+        time.sleep(0.1)
+    assert "S: 200 " in (site.server.data / "trace.log").read_text()
+    assert " (cut short)" in (site.server.data / "trace.log").read_text()
 
 
 # --- nothing unshared --------------------------------------------------------------------------

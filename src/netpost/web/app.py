@@ -65,9 +65,10 @@ class NetpostMiddleware:
             trace("C", "  ".join([line, *wanted]))
         status = 0
         sent = 0
+        done = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, sent
+            nonlocal status, sent, done
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", ()))
@@ -76,11 +77,17 @@ class NetpostMiddleware:
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
-                if trace is not None and not message.get("more_body", False):
-                    trace("S", f"{status} {sent}")
+                if not message.get("more_body", False):
+                    done = True
+                    if trace is not None:
+                        trace("S", f"{status} {sent}")
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if trace is not None and status and not done:
+                trace("S", f"{status} {sent} (cut short)")  # the client left, or stalled
 
 
 def create_app(services: Services, *, send_timeout: float = 60.0,
