@@ -46,6 +46,8 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+    log = "".join(server.output)
+    assert "Traceback" not in log and " ERROR " not in log, log[-5000:]
 
 
 def tree_of(srv: Server, address: str = ALICE) -> Path:
@@ -451,3 +453,17 @@ def test_not_logged_in_gets_nothing(srv: Server) -> None:
     with socket.create_connection(("127.0.0.1", srv.port("sftp")), timeout=10) as s:
         banner = s.recv(100)
         assert banner.startswith(b"SSH-2.0-netpost")
+
+
+def test_user_del_forgets_the_keys(srv: Server, tmp_path: Path) -> None:
+    carol = f"carol@{DOMAIN}"
+    srv.add_user(carol, "carol-pass")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    r = srv.cli("user", "key", "add", carol, "-", stdin=key.export_public_key().decode())
+    assert r.returncode == 0, r.stderr
+    keyfile = srv.data / "ssh" / "authorized_keys" / carol
+    assert keyfile.exists()
+    assert srv.cli("user", "del", carol).returncode == 0
+    assert not keyfile.exists()
+    r = srv.cli("user", "key", "list", carol)
+    assert r.returncode == 1 and "no user" in r.stderr
