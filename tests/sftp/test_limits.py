@@ -67,6 +67,8 @@ def test_connections_per_address_are_limited(srv: Server) -> None:
         again.close()
 
     asyncio.run(main())
+    assert "refused: too many connections from your address" in (
+        srv.data / "trace.log").read_text()
 
 
 def test_idle_connection_is_closed(srv: Server) -> None:

@@ -100,13 +100,16 @@ class SSHSession(asyncssh.SSHServer):
         self.conn = conn
         peername = conn.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else "?"
+        log = self.ctx.listener.trace_log
         refused = self.ctx.listener.admit(self.peer)
         if refused is not None:
+            # Dropped before the key exchange: a flood costs no cryptography.
+            if log is not None:
+                log.session(self.ctx.listener.spec.name, self.peer)("*", f"refused: {refused}")
             conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, refused)
             return
         self.admitted = True
         self.ctx.connections.add(self)
-        log = self.ctx.listener.trace_log
         if log is not None:
             self.trace = log.session(self.ctx.listener.spec.name, self.peer)
         self._idle_task = asyncio.get_running_loop().create_task(self._watch_idle())
