@@ -118,6 +118,17 @@ def test_openssh_sftp_round_trips_with_a_key(setup: Setup) -> None:
     assert not (setup.tree / "gone").exists()
 
 
+def test_openssh_sftp_resumes_an_upload(setup: Setup) -> None:
+    """`reput` opens the existing partial file with APPEND and sends the rest."""
+    src = make(setup.work / "resume.bin", 3 * MIB)
+    (setup.tree / "resume.bin").write_bytes(src.read_bytes()[:MIB + 123])
+    setup.sftp_batch("reput resume.bin resume.bin\n")
+    assert sha(setup.tree / "resume.bin") == sha(src)
+    trace = (setup.srv.data / "trace.log").read_text()
+    assert "C: OPEN /resume.bin WRITE|APPEND|CREAT" in trace
+    assert f"C: CLOSE /resume.bin ({3 * MIB - MIB - 123} octets written)" in trace
+
+
 def test_openssh_sftp_stays_in_the_tree(setup: Setup) -> None:
     r = setup.sftp_batch("cd ../../..\npwd\nls -a /\n-get /etc/passwd passwd\n"
                          "-get ../../../../etc/hostname hostname\n-ln -s /etc escape\n"

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncssh
 import pytest
@@ -111,3 +112,21 @@ def test_quota_refuses_the_upload_and_leaves_nothing(srv: Server) -> None:
     assert "too-big.bin" not in names and "fits.bin" in names
     tree = srv.data / "files" / ALICE
     assert sorted(p.name for p in tree.iterdir()) == ["fits.bin"]
+
+
+def test_host_key_is_made_once_and_kept_across_restarts(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    first = start_server(data, config=CONFIG)
+    first.stop()
+    key_file = data / "ssh" / "host_ed25519"
+    made = key_file.read_bytes()
+    assert "made an SSH host key" in "".join(first.output)
+    second = start_server(data, config=CONFIG)
+    try:
+        assert key_file.read_bytes() == made
+        text = "".join(second.output)
+        assert "made an SSH host key" not in text
+        fp = asyncssh.read_private_key(str(key_file)).get_fingerprint("sha256")
+        assert f"SSH host key ssh-ed25519 {fp}" in text
+    finally:
+        second.stop()
