@@ -121,6 +121,7 @@ def test_openssh_sftp_round_trips_with_a_key(setup: Setup) -> None:
 def test_openssh_sftp_resumes_an_upload(setup: Setup) -> None:
     """`reput` opens the existing partial file with APPEND and sends the rest."""
     src = make(setup.work / "resume.bin", 3 * MIB)
+    setup.tree.mkdir(parents=True, exist_ok=True)
     (setup.tree / "resume.bin").write_bytes(src.read_bytes()[:MIB + 123])
     setup.sftp_batch("reput resume.bin resume.bin\n")
     assert sha(setup.tree / "resume.bin") == sha(src)
