@@ -217,6 +217,26 @@ def test_interrupted_upload_leaves_nothing_under_its_name(srv: Server) -> None:
     assert "upload of /interrupted.bin abandoned" in trace
 
 
+def test_channel_closed_without_close_abandons_the_upload(srv: Server) -> None:
+    """The SFTP channel ends (EOF and channel close) while the connection stays: the open
+    upload is abandoned as well, and the connection still works."""
+
+    async def main() -> bool:
+        async with await connect(srv) as conn:
+            sftp = await conn.start_sftp_client()
+            f = await sftp.open("channel-gone.bin", "wb")
+            await f.write(b"y" * 100_000, 0)
+            sftp.exit()  # no CLOSE for the handle
+            await sftp.wait_closed()
+            await asyncio.sleep(0.2)
+            async with conn.start_sftp_client() as again:
+                return bool(await again.exists("channel-gone.bin"))
+
+    assert run(main()) is False
+    assert not (tree_of(srv) / "channel-gone.bin").exists()
+    assert "upload of /channel-gone.bin abandoned" in (srv.data / "trace.log").read_text()
+
+
 def test_confinement(srv: Server, tmp_path: Path) -> None:
     tree = tree_of(srv)
     tree.mkdir(parents=True, exist_ok=True)
