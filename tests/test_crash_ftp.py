@@ -31,6 +31,7 @@ import pytest
 
 from tests.conftest import CONFIG, PASSWORD, Server, start_server
 from tests.security import ALICE, BOB, template
+from tests.test_crash_safety import free_ports
 
 UPLOADERS = 20
 KILLS = 2
@@ -161,7 +162,6 @@ def test_sigkill_during_parallel_uploads_keeps_every_226_whole(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     data = tmp_path_factory.mktemp("crash-ftp") / "data"
     shutil.copytree(template(tmp_path_factory.getbasetemp()), data)
-    from tests.test_crash_safety import free_ports
     ports = free_ports()
     server = start_server(data, CRASH_CONFIG, ports=ports)
     load = Uploads(ports["ftp"])

@@ -597,10 +597,14 @@ def test_quota_exceeded_is_552_and_leaves_no_partial_file(srv: Server) -> None:
             f.voidresp()
         assert str(info.value).startswith("552"), info.value
         assert download(f, "half.bin")[:len(first)] == first
-        # Within the quota, uploads still work.
-        upload(f, "small.bin", b"s" * 1000)
-        f.delete("small.bin")
+        assert (home / "half.bin").stat().st_size <= QUOTA
+        on_disk = {p.name for p in home.iterdir()}
+        assert on_disk == before | {"half.bin"}, on_disk  # no big.bin, no temporary files
+        # A delete gives the space back: an upload of nearly the whole quota fits again.
+        f.delete("half.bin")
+        fits = os.urandom(QUOTA - 4096)
+        assert upload(f, "fits.bin", fits).startswith("226")
+        assert download(f, "fits.bin") == fits
+        f.delete("fits.bin")
         f.quit()
-    on_disk = {p.name for p in home.iterdir()}
-    assert on_disk == before | {"half.bin"}, on_disk  # no big.bin, no temporary files left
-    assert (home / "half.bin").stat().st_size <= QUOTA
+    assert {p.name for p in home.iterdir()} == before

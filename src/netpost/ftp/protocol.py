@@ -731,8 +731,10 @@ class FTPConnection:
             elif i == 0:
                 out.append(f"{code}-{line}")
             else:
-                # RFC 959 4.2: a continuation line must not look like "ddd " itself.
-                out.append(f" {line}" if line[:3].isdigit() and line[3:4] == " " else line)
+                # RFC 959 4.2: "If an intermediary line begins with a 3-digit number, the
+                # Server must pad the front to avoid confusion" (ftplib ends a reply at any
+                # line starting with its code but for "ddd-", "213" or "213abc" included).
+                out.append(f" {line}" if len(line) >= 3 and line[:3].isdigit() else line)
         for line in out:
             self._trace_line("S", line)
         self._out.append(("\r\n".join(out) + "\r\n").encode("utf-8", "replace"))
