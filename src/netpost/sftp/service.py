@@ -78,8 +78,9 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> ServerHandler:
 
 SERVICE = Service(
     name="sftp",
-    doc="SFTP (SSH File Transfer Protocol v3) on each account's file tree: password or "
-        "public keys ('netpost user key add'); no shell, exec, SCP or forwarding.",
+    doc="SFTP (SSH File Transfer Protocol v3) on each account's file tree (the FTP tree, "
+        "with [ftp] quota): password or public keys ('netpost user key add'); no shell, exec, "
+        "SCP or forwarding.",
     settings=SFTPConfig,
     listeners=(ListenerDecl("sftp", "sftp", 22, "SFTP (SSH)", tls=TLSMode.NONE),),
     build=build,
