@@ -28,7 +28,7 @@ import os
 import stat as stat_mod
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import asyncssh
@@ -76,7 +76,6 @@ class SFTPContext:
     keys: AuthorizedKeys
     listener: ServedListener
     idle_timeout: float
-    connections: set[SSHSession] = field(default_factory=set)
 
 
 class SSHSession(asyncssh.SSHServer):
@@ -109,7 +108,7 @@ class SSHSession(asyncssh.SSHServer):
             conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, refused)
             return
         self.admitted = True
-        self.ctx.connections.add(self)
+        conn.set_extra_info(netpost_session=self)
         if log is not None:
             self.trace = log.session(self.ctx.listener.spec.name, self.peer)
         self._idle_task = asyncio.get_running_loop().create_task(self._watch_idle())
@@ -119,7 +118,6 @@ class SSHSession(asyncssh.SSHServer):
             self._idle_task.cancel()
         if self.admitted:
             self.admitted = False
-            self.ctx.connections.discard(self)
             self.ctx.listener.release(self.peer)
             self.trace("*", f"closed{': ' + str(exc) if exc else ''}")
 
@@ -621,8 +619,8 @@ def sftp_factory(ctx: SFTPContext) -> Callable[[asyncssh.SSHServerChannel[bytes]
     def factory(chan: asyncssh.SSHServerChannel[bytes]) -> TreeSFTPServer:
         conn = chan.get_connection()
         address = conn.get_extra_info("netpost_account")
-        session = next((s for s in ctx.connections if s.conn is conn), None)
-        if not isinstance(address, str) or session is None:
+        session = conn.get_extra_info("netpost_session")
+        if not isinstance(address, str) or not isinstance(session, SSHSession):
             raise asyncssh.SFTPPermissionDenied("not logged in")
         session.trace("*", "sftp subsystem started")
         return TreeSFTPServer(chan, ctx.trees.tree(address), session)
