@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import select
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -71,6 +72,14 @@ class FTPSession(Session):
                  passive_ports: range | None, active_port: int | None, data_timeout: float,
                  require_tls_reuse: bool) -> None:
         super().__init__(listener, reader, writer, peer)
+        # Clients send ABOR as TCP urgent data (the Telnet Synch of RFC 959 4.1.3: IAC DM
+        # urgent; Python's ftplib: the whole "ABOR\r\n").  Without SO_OOBINLINE the kernel
+        # takes the urgent byte out of the stream and the line never ends; keep it in place,
+        # as vsftpd and pyftpdlib do.
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
         self.settings = settings
         self.auth = auth
         self.trees = trees
@@ -361,7 +370,10 @@ class FTPSession(Session):
     async def _write(self, channel: Channel, data: bytes) -> None:
         channel.write(data)
         try:
-            await asyncio.wait_for(channel.drain(), self.data_timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation (ABOR)
+            # that comes as the drain finishes, and the transfer would go on.
+            async with asyncio.timeout(self.data_timeout):
+                await channel.drain()
         except TimeoutError:
             raise TransferFailed(426, "Data connection timed out") from None
         self._progress()
@@ -377,8 +389,19 @@ class FTPSession(Session):
             def progress() -> None:
                 loop.call_soon_threadsafe(self._progress)
 
-            sent = await asyncio.to_thread(_sendfile, sock.fileno(), file, self.data_timeout,
-                                           progress)
+            fd = sock.fileno()
+            worker = asyncio.ensure_future(asyncio.to_thread(
+                _sendfile, fd, file, self.data_timeout, progress))
+            try:
+                sent = await asyncio.shield(worker)
+            except asyncio.CancelledError:
+                # ABOR or the session's end: stop the worker before the socket and the file
+                # are closed, or it goes on with their descriptor numbers, which the process
+                # may reuse for other connections and files meanwhile.
+                _shutdown(fd)  # wakes its poll(); sendfile fails
+                with contextlib.suppress(Exception):
+                    await worker
+                raise
             if sent is None:
                 raise TransferFailed(426, "Data connection timed out")
             return
@@ -395,7 +418,8 @@ class FTPSession(Session):
         pending = b""
         while True:
             try:
-                data = await asyncio.wait_for(channel.read(CHUNK), self.data_timeout)
+                async with asyncio.timeout(self.data_timeout):  # not wait_for: see _write
+                    data = await channel.read(CHUNK)
             except TimeoutError:
                 raise TransferFailed(426, "Data connection timed out") from None
             self._progress()
@@ -454,6 +478,16 @@ def _sendfile(out_fd: int, file: BinaryIO, timeout: float,
         offset += sent
         total += sent
         progress()
+
+
+def _shutdown(fd: int) -> None:
+    """shutdown(2) a socket by descriptor (uvloop's transport sockets have no shutdown())."""
+    with contextlib.suppress(OSError):
+        dup = socket.socket(fileno=os.dup(fd))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()  # the dup only: the transport closes the socket
 
 
 def account_dir(address: str) -> str:
