@@ -260,7 +260,20 @@ class Channels:
             sock.setblocking(False)
             if self.source_port is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((self._local_host(), self.source_port))
+                try:
+                    sock.bind((self._local_host(), self.source_port))
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+                    # The usual port is held (a connection in TIME_WAIT, another program):
+                    # any port will do for the client, which checks none (RFC 959 3.2
+                    # defaults, not a rule).
+                    log.info("%s %s: data port %d in use; using another",
+                             self.session.listener.spec.name, self.session.peer,
+                             self.source_port)
+                    sock.close()
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                    sock.setblocking(False)
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(loop.sock_connect(sock, (host, port)), self.timeout)
         except TimeoutError:
