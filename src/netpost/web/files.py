@@ -30,7 +30,7 @@ from netpost.web.ranges import (
     select_ranges,
 )
 
-CHUNK = 256 * 1024  # octets per read and per send
+CHUNK = 512 * 1024  # octets per read and per send (256 KiB measured 0.5-0.7x nginx, 512 KiB 1.0x)
 
 # Types a browser may show in place; anything else is sent as an attachment, so that a shared
 # HTML or SVG file never runs as a page of this origin (the web UI will live here too).
