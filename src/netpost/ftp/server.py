@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import select
 import socket
 import time
 from collections.abc import Callable
@@ -381,29 +380,12 @@ class FTPSession(Session):
     async def _send_file(self, channel: Channel, file: BinaryIO, ascii: bool) -> None:
         sock = channel.writer.get_extra_info("socket")
         if not ascii and not channel.tls and sock is not None:
-            # Plain binary: the kernel copies the file to the socket (sendfile(2)), in a
-            # worker thread that waits for the socket itself; the transport is idle meanwhile.
+            # Plain binary: the kernel copies the file to the socket (sendfile(2)) on the event
+            # loop, waiting for the socket when it is full (a client that stops reading holds
+            # no thread: blocking workers here starved logins once).  The transport is idle
+            # meanwhile; a duplicate descriptor keeps the loop's watchers apart.
             await channel.writer.drain()
-            loop = asyncio.get_running_loop()
-
-            def progress() -> None:
-                loop.call_soon_threadsafe(self._progress)
-
-            fd = sock.fileno()
-            worker = asyncio.ensure_future(asyncio.to_thread(
-                _sendfile, fd, file, self.data_timeout, progress))
-            try:
-                sent = await asyncio.shield(worker)
-            except asyncio.CancelledError:
-                # ABOR or the session's end: stop the worker before the socket and the file
-                # are closed, or it goes on with their descriptor numbers, which the process
-                # may reuse for other connections and files meanwhile.
-                _shutdown(fd)  # wakes its poll(); sendfile fails
-                with contextlib.suppress(Exception):
-                    await worker
-                raise
-            if sent is None:
-                raise TransferFailed(426, "Data connection timed out")
+            await self._sendfile(sock.fileno(), file)
             return
         pending_cr = False
         while True:
@@ -413,6 +395,41 @@ class FTPSession(Session):
             if ascii:
                 data, pending_cr = _to_crlf(data, pending_cr)
             await self._write(channel, data)
+
+    async def _sendfile(self, sock_fd: int, file: BinaryIO) -> None:
+        loop = asyncio.get_running_loop()
+        out_fd = os.dup(sock_fd)
+        try:
+            in_fd, offset = file.fileno(), file.tell()
+            while True:
+                try:
+                    sent = os.sendfile(out_fd, in_fd, offset, SENDFILE_CHUNK)
+                except BlockingIOError:
+                    await self._writable(loop, out_fd)
+                    continue
+                if sent == 0:
+                    return
+                offset += sent
+                self._progress()
+                await asyncio.sleep(0)  # other connections get their turn
+        finally:
+            os.close(out_fd)
+
+    async def _writable(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        ready = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_writer(fd, wake)
+        try:
+            async with asyncio.timeout(self.data_timeout):
+                await ready
+        except TimeoutError:
+            raise TransferFailed(426, "Data connection timed out") from None
+        finally:
+            loop.remove_writer(fd)
 
     async def _receive_file(self, channel: Channel, upload: Any, ascii: bool) -> None:
         pending = b""
@@ -427,9 +444,11 @@ class FTPSession(Session):
                 break
             if ascii:
                 data, pending = _from_crlf(pending + data)
-            await asyncio.to_thread(upload.write, data)
+            # Into the page cache on the loop, as event-loop servers do: a worker-thread hop
+            # per piece cost more than the write (fsync, the slow part, is in commit).
+            upload.write(data)
         if pending:
-            await asyncio.to_thread(upload.write, pending)
+            upload.write(pending)
         await asyncio.to_thread(upload.commit)
 
     async def _send_listing(self, channel: Channel, verb: str, path: str) -> None:
@@ -455,39 +474,6 @@ class FTPSession(Session):
     def _cancel_transfer(self) -> None:
         if self.transfer is not None:
             self.transfer.cancel()
-
-
-def _sendfile(out_fd: int, file: BinaryIO, timeout: float,
-              progress: Callable[[], None]) -> int | None:
-    """Send the rest of `file` to the non-blocking socket `out_fd` with sendfile(2); the
-    octets sent, or None when the socket accepted nothing for `timeout` seconds."""
-    in_fd = file.fileno()
-    offset = file.tell()
-    total = 0
-    poller = select.poll()
-    poller.register(out_fd, select.POLLOUT)
-    while True:
-        try:
-            sent = os.sendfile(out_fd, in_fd, offset, SENDFILE_CHUNK)
-        except BlockingIOError:
-            if not poller.poll(timeout * 1000):
-                return None
-            continue
-        if sent == 0:
-            return total
-        offset += sent
-        total += sent
-        progress()
-
-
-def _shutdown(fd: int) -> None:
-    """shutdown(2) a socket by descriptor (uvloop's transport sockets have no shutdown())."""
-    with contextlib.suppress(OSError):
-        dup = socket.socket(fileno=os.dup(fd))
-        try:
-            dup.shutdown(socket.SHUT_RDWR)
-        finally:
-            dup.close()  # the dup only: the transport closes the socket
 
 
 def account_dir(address: str) -> str:

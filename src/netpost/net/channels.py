@@ -107,12 +107,27 @@ class Channel:
             return await self.reader.read(n)
         while True:
             try:
-                return tls.read(n)
+                data = tls.read(n)
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
                 self._eof = True
                 return b""
+            else:
+                # One read gives one TLS record (16 KiB at most): take every record already
+                # here, so the caller handles few large pieces rather than many small ones.
+                parts = [data]
+                size = len(data)
+                while size < n:
+                    try:
+                        more = tls.read(n - size)
+                    except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                        break  # the close_notify is seen by the next read
+                    if not more:
+                        break
+                    parts.append(more)
+                    size += len(more)
+                return b"".join(parts)
             await self._flush_tls()  # key updates and the like
             data = await self.reader.read(CHANNEL_READ_LIMIT)
             if not data:
