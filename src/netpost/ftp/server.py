@@ -433,20 +433,29 @@ class FTPSession(Session):
 
     async def _receive_file(self, channel: Channel, upload: Any, ascii: bool) -> None:
         pending = b""
-        while True:
-            try:
-                async with asyncio.timeout(self.data_timeout):  # not wait_for: see _write
+        loop = asyncio.get_running_loop()
+        limit = self.data_timeout
+        try:
+            # One deadline for the whole upload, moved on as data comes (moving it for every
+            # piece cost as much as the write).  asyncio.timeout, not wait_for: see _write.
+            async with asyncio.timeout(limit) as deadline:
+                moved = loop.time()
+                while True:
                     data = await channel.read(CHUNK)
-            except TimeoutError:
-                raise TransferFailed(426, "Data connection timed out") from None
-            self._progress()
-            if not data:
-                break
-            if ascii:
-                data, pending = _from_crlf(pending + data)
-            # Into the page cache on the loop, as event-loop servers do: a worker-thread hop
-            # per piece cost more than the write (fsync, the slow part, is in commit).
-            upload.write(data)
+                    now = loop.time()
+                    if now - moved > limit / 4:
+                        deadline.reschedule(now + limit)
+                        moved = now
+                        self._progress()
+                    if not data:
+                        break
+                    if ascii:
+                        data, pending = _from_crlf(pending + data)
+                    # Into the page cache on the loop, as event-loop servers do: a worker
+                    # thread per piece cost more than the write (fsync is in commit).
+                    upload.write(data)
+        except TimeoutError:
+            raise TransferFailed(426, "Data connection timed out") from None
         if pending:
             upload.write(pending)
         await asyncio.to_thread(upload.commit)
