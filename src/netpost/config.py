@@ -82,6 +82,10 @@ class AuthSettings:
     failure_max_delay: float = setting(16.0, "upper bound of that delay")
     failure_window: float = setting(
         900.0, "seconds without failure after which an address is forgiven")
+    verified_cache_ttl: float = setting(
+        3600.0, "seconds a successful login is remembered (an HMAC of the password, in memory "
+        "only) so the next ones skip the argon2 check, as Dovecot's auth_cache; a password "
+        "change ends it; 0: verify every login")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from netpost.auth.cache import VerifiedCache
 from netpost.auth.service import Authenticator
 from netpost.auth.throttle import FailureThrottle
 from netpost.config import Config
@@ -88,7 +89,7 @@ def build_services(stores: Stores, config: Config, *, data_dir: Path | None = No
 
             delivery.signer = signer
     return Services(
-        auth=Authenticator(stores.accounts, throttle),
+        auth=Authenticator(stores.accounts, throttle, VerifiedCache(a.verified_cache_ttl)),
         delivery=delivery,
         mailboxes=Mailboxes(stores.mailboxes, stores.messages, stores.blobs, stores.changes,
                             stores.delivery),
