@@ -218,6 +218,22 @@ def netpost_cmd() -> tuple[list[str], dict[str, str]]:
     return [str(VENV / "bin" / "python"), "-m", "netpost"], env
 
 
+_LISTENERS: list[str] = []
+
+
+def listener_names() -> list[str]:
+    """Every listener the netpost being measured knows (asked of its own registry, so a
+    snapshot of another revision gets its own list)."""
+    if not _LISTENERS:
+        cmd, env = netpost_cmd()
+        python = cmd[0] if len(cmd) > 1 else str(VENV / "bin" / "python")
+        out = subprocess.run([python, "-c", "from netpost.registry import default_registry; "
+                              "print(' '.join(default_registry().listener_names()))"],
+                             env=env, capture_output=True, text=True, check=True).stdout.split()
+        _LISTENERS.extend(out)
+    return _LISTENERS
+
+
 class NetpostServer:
     """One netpost process with a private data directory and loopback-only listeners."""
 
@@ -244,16 +260,22 @@ class NetpostServer:
 
     def start(self, smtp: int | None = None, pop3: int | None = None,
               imap: int | None = None) -> None:
-        """Listen only on the ports given (127.0.0.1); every other listener is off (netpost's
-        defaults, e.g. imap 10143 and pop3 10110, are the Dovecot peer's ports)."""
-        listen = {"smtp": smtp, "submission": None, "submissions": None, "pop3": pop3,
-                  "pop3s": None, "imap": imap, "imaps": None, "ftp": None, "ftps": None,
-                  "sftp": None,
-                  "http": None}
+        """The mail listeners given (the defaults, e.g. imap 10143 and pop3 10110, are the
+        Dovecot peer's ports)."""
+        self.serve({"smtp": smtp, "pop3": pop3, "imap": imap})
+
+    def serve(self, ports: dict[str, int | None]) -> None:
+        """Start `netpost serve` listening only on `ports` (listener name -> port on
+        127.0.0.1; None: off); every other listener of this netpost is off.  Waits for
+        "ready"."""
+        wanted = {name: port for name, port in ports.items() if port}
         args = []
-        for name, port in listen.items():
+        for name in listener_names():
+            port = wanted.pop(name, None)
             args += ["--listen", f"{name}={LOCALHOST}:{port}" if port else f"{name}=off"]
-        require_free(*(p for p in listen.values() if p))
+        if wanted:
+            raise SystemExit(f"this netpost has no listener {', '.join(wanted)}")
+        require_free(*(p for p in ports.values() if p))
         out = self.log.open("w")
         cmd, env = netpost_cmd()
         self.proc = subprocess.Popen([*cmd, "--data", str(self.data), "serve", *args],

@@ -392,43 +392,10 @@ class NetpostFTP(B.NetpostServer):
             "[ftp]\nrequire_tls_reuse = false\n")
 
     def start_ftp(self, port: int) -> None:
-        args: list[str] = []
-        for name in listener_names():
-            args += ["--listen", f"ftp={B.LOCALHOST}:{port}" if name == "ftp" else f"{name}=off"]
-        B.require_free(port)
-        cmd, env = B.netpost_cmd()
-        self.proc = subprocess.Popen([*cmd, "--data", str(self.data), "serve", *args],
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
-        B.on_exit(self.stop)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"netpost exited ({self.proc.returncode}): "
-                                   f"{self.log.read_text()[-800:]}")
-            if "\nready" in self.log.read_text():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"netpost did not get ready in 60 s; see {self.log}")
+        self.serve({"ftp": port})
 
     def cpu_total(self) -> float:
         return self.cpu()
-
-
-_LISTENERS: list[str] = []
-
-
-def listener_names() -> list[str]:
-    """Every listener the snapshot's netpost knows (all but ftp are turned off)."""
-    if not _LISTENERS:
-        cmd, env = B.netpost_cmd()
-        out = subprocess.run([cmd[0], "-c", "from netpost.registry import default_registry; "
-                              "print(' '.join(default_registry().listener_names()))"],
-                             env=env, capture_output=True, text=True, check=True).stdout.split()
-        if "ftp" not in out:
-            raise SystemExit(f"this netpost has no ftp listener (listeners: {out})")
-        _LISTENERS.extend(out)
-    return _LISTENERS
 
 
 class Pyftpdlib:
@@ -731,8 +698,8 @@ def main() -> int:
     ensure_tools()
     rev = export_commit(a.commit) if a.commit else None
     snap = B.snapshot_src() if "netpost" in servers else {}
-    if "netpost" in servers:
-        listener_names()
+    if "netpost" in servers and "ftp" not in B.listener_names():
+        raise SystemExit(f"this netpost has no ftp listener ({' '.join(B.listener_names())})")
     out = B.results_dir("ftp")
     B.note(f"results in {out}")
     key, cert = tls_cert()

@@ -193,28 +193,7 @@ class NetpostRelay(B.NetpostServer):
         (self.data / "netpost.toml").write_text("\n".join(lines) + "\n")
 
     def start_submission(self, port: int) -> None:
-        listen = {"smtp": None, "submission": port, "submissions": None, "pop3": None,
-                  "pop3s": None, "imap": None, "imaps": None, "ftp": None, "ftps": None,
-                  "sftp": None,
-                  "http": None}
-        args: list[str] = []
-        for name, p in listen.items():
-            args += ["--listen", f"{name}={B.LOCALHOST}:{p}" if p else f"{name}=off"]
-        B.require_free(port)
-        cmd, env = B.netpost_cmd()
-        self.proc = subprocess.Popen([*cmd, "--data", str(self.data), "serve", *args],
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
-        B.on_exit(self.stop)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"netpost exited ({self.proc.returncode}): "
-                                   f"{self.log.read_text()[-800:]}")
-            if "\nready" in self.log.read_text():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"netpost did not get ready in 60 s; see {self.log}")
+        self.serve({"submission": port})
 
     def pending(self, db: list[sqlite3.Connection]) -> int:
         if not db:

@@ -119,25 +119,7 @@ class NetpostSFTP(B.NetpostServer):
         self.cli("user", "key", "add", USER, str(self.key.with_suffix(".pub")))
 
     def start_sftp(self) -> None:
-        listen = ["smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "ftp",
-                  "ftps", "http"]
-        args = [a for n in listen for a in ("--listen", f"{n}=off")]
-        args += ["--listen", f"sftp={B.LOCALHOST}:{self.port}"]
-        B.require_free(self.port)
-        cmd, env = B.netpost_cmd()
-        self.proc = subprocess.Popen([*cmd, "--data", str(self.data), "serve", *args],
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
-        B.on_exit(self.stop)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"netpost exited ({self.proc.returncode}): "
-                                   f"{self.log.read_text()[-800:]}")
-            if "\nready" in self.log.read_text():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"netpost did not get ready in 60 s; see {self.log}")
+        self.serve({"sftp": self.port})
 
     @property
     def files(self) -> Path:
