@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from netpost.net.hosts import same_host
+
 __all__ = [
     "Abort",
     "ActiveTarget",
@@ -661,7 +663,7 @@ class FTPConnection:
         return None
 
     def _set_active(self, host: str, port: int, verb: str) -> None:
-        if not _same_host(host, self.settings.client_address):
+        if not same_host(host, self.settings.client_address):
             # RFC 2577 3: no data connections to a third host (FTP bounce).
             self._reply(504, f"{verb} refused: data connections go only to your own address")
             return
@@ -777,16 +779,3 @@ def _strip_telnet(line: bytes) -> bytes:
         out.append(line[i])
         i += 1
     return bytes(out).lstrip()
-
-
-def _same_host(a: str, b: str) -> bool:
-    def canon(x: str) -> str:
-        x = x.split("%", 1)[0].lower()
-        try:
-            address = ipaddress.ip_address(x)
-        except ValueError:
-            return x
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(address)
-    return canon(a) == canon(b)

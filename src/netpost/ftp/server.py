@@ -485,14 +485,6 @@ class FTPSession(Session):
             self.transfer.cancel()
 
 
-def account_dir(address: str) -> str:
-    """The directory name of an account's tree: its address (normalised, lower case)."""
-    name = address.strip().lower()
-    if not name or "/" in name or "\0" in name or name.startswith("."):
-        raise NotAllowed(f"no file tree for {address!r}")
-    return name
-
-
 def _tree_reply(exc: TreeError) -> tuple[int, str]:
     if isinstance(exc, QuotaExceeded):
         return 552, f"Quota exceeded: {exc}"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from netpost.files.tree import FileTree
 from netpost.ftp.protocol import FTPSettings
-from netpost.ftp.server import FTPSession, account_dir, refuse_line
+from netpost.ftp.server import FTPSession, refuse_line
 from netpost.net.stream import StreamListener
 from netpost.registry import BuildContext, ListenerDecl, Service, StreamHandler, TLSMode, setting
 
@@ -70,23 +69,10 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> StreamHandler:
     cfg = ctx.config
     ftp: FTPConfig = ctx.settings
     auth = ctx.services.auth
-    data_dir = ctx.services.data_dir
-    if data_dir is None:
+    files = ctx.services.files
+    if files is None:
         raise ValueError("FTP needs a data directory for the users' file trees")
-    files_root = data_dir / "files"
     passive = parse_port_range(ftp.passive_ports)
-    quota = ftp.quota or None
-    # One FileTree per account in this process, shared with SFTP (Services.files): its usage
-    # count (for the quota) is then shared by every session of that account.
-    trees: dict[str, FileTree] = {}
-
-    def tree_of(account: str) -> FileTree:
-        if ctx.services.files is not None:
-            return ctx.services.files.tree(account)
-        tree = trees.get(account)
-        if tree is None:
-            tree = trees[account] = FileTree(files_root / account_dir(account), quota)
-        return tree
 
     def factory(listener: StreamListener, reader: asyncio.StreamReader,
                 writer: asyncio.StreamWriter, peer: str) -> FTPSession:
@@ -103,7 +89,7 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> StreamHandler:
         port = listener.bound.port if listener.bound is not None else 0
         active = parse_active_port(ftp.active_port, port)
         return FTPSession(listener, reader, writer, peer, settings=settings, auth=auth,
-                          trees=tree_of, passive_ports=passive,
+                          trees=files.tree, passive_ports=passive,
                           active_port=active, data_timeout=ftp.data_timeout,
                           require_tls_reuse=ftp.require_tls_reuse)
 

@@ -25,6 +25,8 @@ import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from netpost.net.hosts import same_host
+
 if TYPE_CHECKING:
     from netpost.net.session import Session
 
@@ -199,7 +201,7 @@ class PassivePort:
                     conn, addr = await asyncio.wait_for(loop.sock_accept(self.sock), left)
                 except TimeoutError:
                     raise ChannelError("no data connection arrived in time") from None
-                if _same_host(str(addr[0]), allowed):
+                if same_host(str(addr[0]), allowed):
                     break
                 self.refused += 1
                 log.warning("%s %s: refused a data connection from %s (not the client)",
@@ -266,7 +268,7 @@ class Channels:
 
     async def connect(self, host: str, port: int, *, tls: bool = False) -> Channel:
         """Connect to the session's client (active mode); anything else is refused."""
-        if not _same_host(host, self.session.peer):
+        if not same_host(host, self.session.peer):
             raise ChannelError("data connections go only to the client's own address")
         self._reserve()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -351,11 +353,3 @@ class Channels:
     def close_all(self) -> None:
         for item in list(self._open):
             item.close()
-
-
-def _same_host(a: str, b: str) -> bool:
-    """Do two textual addresses name the same host (IPv4-mapped IPv6 = IPv4)?"""
-    def canon(x: str) -> str:
-        x = x.split("%", 1)[0].lower()
-        return x[7:] if x.startswith("::ffff:") and "." in x else x
-    return canon(a) == canon(b)
