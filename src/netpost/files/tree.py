@@ -646,7 +646,7 @@ class Upload:
         self._delta = 0  # bytes this upload adds to the tree, as charged
         self._extent = 0  # the size of the file being written, as far as written
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append `data`; QuotaExceeded (the upload is then aborted) when it would not fit."""
         if self._done:
             raise TreeError(f"{self.vpath}: upload already finished")

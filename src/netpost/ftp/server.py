@@ -39,7 +39,15 @@ from netpost.ftp.protocol import (
     StartTLS,
     TransferRequest,
 )
-from netpost.net.channels import Channel, ChannelError, Channels, PassivePort, Truncated
+from netpost.net.channels import (
+    AnyChannel,
+    Channel,
+    ChannelError,
+    Channels,
+    PassivePort,
+    SocketChannel,
+    Truncated,
+)
 from netpost.net.session import Engine, Session
 
 if TYPE_CHECKING:
@@ -278,18 +286,22 @@ class FTPSession(Session):
 
     async def _run_transfer(self, event: TransferRequest, path: str, handle: Any,
                             passive: PassivePort | None) -> None:
-        channel: Channel | None = None
+        channel: AnyChannel | None = None
         code, text = 226, "Transfer complete"
         try:
             await self.flush()
             channel = await self._open_data(event, passive)
             if event.verb == "RETR":
+                assert isinstance(channel, Channel)
                 await self._send_file(channel, handle, event.ascii)
+            elif isinstance(channel, SocketChannel):
+                await self._receive_raw(channel, handle)
             elif event.verb in ("STOR", "APPE", "STOU"):
                 await self._receive_file(channel, handle, event.ascii)
                 if event.verb == "STOU":
                     text = f"Transfer complete: stored as {path}"
             else:
+                assert isinstance(channel, Channel)
                 await self._send_listing(channel, event.verb, path)
             await self._close_data(channel, clean=True)
             channel = None
@@ -333,14 +345,18 @@ class FTPSession(Session):
             if self.ftp.closed and self.task is not None:
                 self.interrupt("closed")
 
-    async def _open_data(self, event: TransferRequest, passive: PassivePort | None) -> Channel:
+    async def _open_data(self, event: TransferRequest,
+                         passive: PassivePort | None) -> AnyChannel:
+        # A plain binary upload reads the socket itself into one buffer (SocketChannel).
+        raw = event.verb in ("STOR", "APPE", "STOU") and not event.ascii
         try:
             if passive is not None:
-                channel = await passive.accept(tls=event.protected, timeout=self.data_timeout)
+                channel = await passive.accept(tls=event.protected, timeout=self.data_timeout,
+                                               raw=raw)
             else:
                 assert event.active is not None
                 channel = await self.channels.connect(event.active.host, event.active.port,
-                                                      tls=event.protected)
+                                                      tls=event.protected, raw=raw)
         except ChannelError as exc:
             raise TransferFailed(425, f"Cannot open data connection: {exc}") from None
         if event.protected and self.require_tls_reuse:
@@ -353,7 +369,7 @@ class FTPSession(Session):
                                      "TLS session")
         return channel
 
-    async def _close_data(self, channel: Channel, *, clean: bool) -> None:
+    async def _close_data(self, channel: AnyChannel, *, clean: bool) -> None:
         if clean:
             try:
                 await channel.finish(self.data_timeout)
@@ -458,6 +474,30 @@ class FTPSession(Session):
             raise TransferFailed(426, "Data connection timed out") from None
         if pending:
             upload.write(pending)
+        await asyncio.to_thread(upload.commit)
+
+    async def _receive_raw(self, channel: SocketChannel, upload: Any) -> None:
+        """A plain binary upload: the socket is read into one buffer that is written to the
+        file from there (the page cache write on the loop, as in `_receive_file`)."""
+        buffer = memoryview(bytearray(CHUNK))
+        loop = asyncio.get_running_loop()
+        limit = self.data_timeout
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                moved = loop.time()
+                while True:
+                    n = await channel.recv_into(buffer)
+                    if not n:
+                        break
+                    upload.write(buffer[:n])
+                    now = loop.time()
+                    if now - moved > limit / 4:
+                        deadline.reschedule(now + limit)
+                        moved = now
+                        self._progress()
+                    await asyncio.sleep(0)  # a fast client must not hold the loop
+        except TimeoutError:
+            raise TransferFailed(426, "Data connection timed out") from None
         await asyncio.to_thread(upload.commit)
 
     async def _send_listing(self, channel: Channel, verb: str, path: str) -> None:

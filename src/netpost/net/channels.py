@@ -22,6 +22,7 @@ import logging
 import random
 import socket
 import ssl
+import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -176,6 +177,69 @@ class Channel:
             pass
 
 
+class SocketChannel:
+    """A plain channel without a stream transport: the socket itself, for a binary upload.
+
+    `recv_into` reads straight into the caller's buffer, which the caller writes to its file:
+    no copy in between (a stream transport would copy every octet twice more, into its buffer
+    and out of it), as the plain RETR path sends with sendfile(2)."""
+
+    tls = False
+    ssl_object: ssl.SSLObject | None = None
+
+    def __init__(self, owner: Channels, sock: socket.socket) -> None:
+        self._owner = owner
+        self.sock = sock
+        sock.setblocking(False)
+        peer = sock.getpeername()
+        self.peer: tuple[str, int] = (str(peer[0]), int(peer[1]))
+
+    async def recv_into(self, buffer: memoryview) -> int:
+        """Octets read into `buffer`, waiting for some; 0 at the peer's end."""
+        while True:
+            try:
+                return self.sock.recv_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                await self._readable()
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        fd = self.sock.fileno()
+        loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+
+    async def finish(self, timeout: float) -> None:
+        """End the channel cleanly (FIN)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self._owner._forget(self)
+
+    def abort(self) -> None:
+        """Drop the connection at once (RST: SO_LINGER with a zero timeout)."""
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+AnyChannel = Channel | SocketChannel
+
+
 class PassivePort:
     """A listening socket waiting for the session's client to connect (PASV/EPSV)."""
 
@@ -187,8 +251,10 @@ class PassivePort:
         self.port: int = name[1]
         self.refused = 0  # connections from other addresses, closed unread
 
-    async def accept(self, *, tls: bool = False, timeout: float | None = None) -> Channel:
-        """The first connection from the session's client; ChannelError on timeout."""
+    async def accept(self, *, tls: bool = False, timeout: float | None = None,
+                     raw: bool = False) -> AnyChannel:
+        """The first connection from the session's client; ChannelError on timeout.  `raw`
+        (plain only): a SocketChannel instead of streams."""
         loop = asyncio.get_running_loop()
         allowed = self._owner.session.peer
         deadline = loop.time() + (timeout if timeout is not None else self._owner.timeout)
@@ -209,7 +275,7 @@ class PassivePort:
                 conn.close()
         finally:
             self.close()
-        return await self._owner._wrap(conn, tls)
+        return await self._owner._wrap(conn, tls, raw)
 
     def close(self) -> None:
         self.sock.close()
@@ -226,7 +292,7 @@ class Channels:
         self.ports = list(ports) if ports is not None else None
         self.source_port = source_port
         self.timeout = timeout
-        self._open: set[Channel | PassivePort] = set()
+        self._open: set[AnyChannel | PassivePort] = set()
         session.on_close(self.close_all)
 
     def _reserve(self) -> None:
@@ -266,7 +332,8 @@ class Channels:
             return passive
         raise ChannelError("no passive port free" + (f" ({last.strerror})" if last else ""))
 
-    async def connect(self, host: str, port: int, *, tls: bool = False) -> Channel:
+    async def connect(self, host: str, port: int, *, tls: bool = False,
+                      raw: bool = False) -> AnyChannel:
         """Connect to the session's client (active mode); anything else is refused."""
         if not same_host(host, self.session.peer):
             raise ChannelError("data connections go only to the client's own address")
@@ -299,10 +366,19 @@ class Channels:
         except OSError as exc:
             sock.close()
             raise ChannelError(f"cannot open the data connection: {exc.strerror}") from exc
-        return await self._wrap(sock, tls)
+        return await self._wrap(sock, tls, raw)
 
-    async def _wrap(self, sock: socket.socket, tls: bool) -> Channel:
-        """Streams over a connected socket; with `tls`, netpost is the TLS server."""
+    async def _wrap(self, sock: socket.socket, tls: bool, raw: bool = False) -> AnyChannel:
+        """Streams over a connected socket; with `tls`, netpost is the TLS server; `raw` and
+        not `tls`: the socket itself (SocketChannel)."""
+        if raw and not tls:
+            try:
+                bare = SocketChannel(self, sock)
+            except OSError as exc:  # gone before it could be used
+                sock.close()
+                raise ChannelError(f"the data connection failed: {exc}") from exc
+            self._add(bare)
+            return bare
         loop = asyncio.get_running_loop()
         ctx = self.session.listener.ssl_context if tls else None
         if tls and ctx is None:
@@ -338,11 +414,11 @@ class Channels:
         self._add(channel)
         return channel
 
-    def _add(self, item: Channel | PassivePort) -> None:
+    def _add(self, item: AnyChannel | PassivePort) -> None:
         self._open.add(item)
         self.session.listener.channels.add(item)
 
-    def _forget(self, item: Channel | PassivePort) -> None:
+    def _forget(self, item: AnyChannel | PassivePort) -> None:
         self._open.discard(item)
         self.session.listener.channels.discard(item)
 
