@@ -31,6 +31,13 @@ class FileTrees:
         self._trees: dict[str, FileTree] = {}
         self._lock = threading.Lock()
 
+    def cached(self, account: str) -> FileTree | None:
+        """The account's tree if it was made already (never blocks), else None."""
+        try:
+            return self._trees.get(account_dir(account))
+        except NotAllowed:
+            return None
+
     def tree(self, account: str) -> FileTree:
         """The account's tree (made on first use; may block briefly: a mkdir)."""
         name = account_dir(account)

@@ -77,7 +77,8 @@ class FTPSession(Session):
                  writer: asyncio.StreamWriter, peer: str, *, settings: FTPSettings,
                  auth: Authenticator, trees: Callable[[str], FileTree],
                  passive_ports: range | None, active_port: int | None, data_timeout: float,
-                 require_tls_reuse: bool) -> None:
+                 require_tls_reuse: bool,
+                 tree_cache: Callable[[str], FileTree | None] | None = None) -> None:
         super().__init__(listener, reader, writer, peer)
         # Clients send ABOR as TCP urgent data (the Telnet Synch of RFC 959 4.1.3: IAC DM
         # urgent; Python's ftplib: the whole "ABOR\r\n").  Without SO_OOBINLINE the kernel
@@ -90,6 +91,7 @@ class FTPSession(Session):
         self.settings = settings
         self.auth = auth
         self.trees = trees
+        self.tree_cache = tree_cache  # the tree if made already, without a worker hop
         self.data_timeout = data_timeout
         self.require_tls_reuse = require_tls_reuse
         self.channels = Channels(self, max_open=2, ports=passive_ports,
@@ -155,7 +157,9 @@ class FTPSession(Session):
         if account is None:
             self.ftp.reject_login()
             return
-        self.tree = await asyncio.to_thread(self.trees, account.address)
+        # The tree is made once per account (a mkdir, in a worker); later logins find it.
+        cached = self.tree_cache(account.address) if self.tree_cache is not None else None
+        self.tree = cached or await asyncio.to_thread(self.trees, account.address)
         self.ftp.accept_login(account.address)
 
     # --- passive mode --------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> StreamHandler:
         return FTPSession(listener, reader, writer, peer, settings=settings, auth=auth,
                           trees=files.tree, passive_ports=passive,
                           active_port=active, data_timeout=ftp.data_timeout,
-                          require_tls_reuse=ftp.require_tls_reuse)
+                          require_tls_reuse=ftp.require_tls_reuse, tree_cache=files.cached)
 
     return StreamHandler(factory, refuse_line, ftp.idle_timeout)
 
