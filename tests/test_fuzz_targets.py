@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from fuzz import fuzz_ftp, fuzz_imap, fuzz_mbox, fuzz_pop3, fuzz_smtp, fuzz_smtp_client
+from fuzz import fuzz_dhcp, fuzz_ftp, fuzz_imap, fuzz_mbox, fuzz_pop3, fuzz_smtp, fuzz_smtp_client
 from fuzz.replay import corpus_files, replay
 
 
@@ -32,6 +32,10 @@ def test_ftp_target_replays_corpus() -> None:
     assert replay(fuzz_ftp.one_input, ["fuzz/corpus/ftp"]) >= 10
 
 
+def test_dhcp_target_replays_corpus() -> None:
+    assert replay(fuzz_dhcp.one_input, ["fuzz/corpus/dhcp"]) >= 9
+
+
 def test_targets_survive_mutated_corpus() -> None:
     rng = random.Random(1234)
     for target, corpus in ((fuzz_smtp.one_input, "fuzz/corpus/smtp"),
@@ -39,7 +43,8 @@ def test_targets_survive_mutated_corpus() -> None:
                            (fuzz_mbox.one_input, "fuzz/corpus/mbox"),
                            (fuzz_imap.one_input, "fuzz/corpus/imap"),
                            (fuzz_smtp_client.one_input, "fuzz/corpus/smtp_client"),
-                           (fuzz_ftp.one_input, "fuzz/corpus/ftp")):
+                           (fuzz_ftp.one_input, "fuzz/corpus/ftp"),
+                           (fuzz_dhcp.one_input, "fuzz/corpus/dhcp")):
         seeds = [f.read_bytes() for f in corpus_files([corpus])]
         for _ in range(300):
             data = bytearray(rng.choice(seeds))

@@ -1,0 +1,383 @@
+"""DHCPv4 messages: the RFC 2131 format with RFC 2132 options, sans I/O.
+
+`decode` turns a UDP payload into a `Message`; `encode` turns one back into octets.  Options
+are kept as one value per code, in the order they first appear:
+
+- RFC 3396: an option longer than 255 octets is sent as several instances of the same code,
+  which the receiver concatenates (in the order options field, file, sname);
+- RFC 2131 4.1 / RFC 2132 9.3: option 52 (overload) says the `file` and/or `sname` fields
+  carry options too; decoding folds those into `options`, so overload is a detail of the wire
+  form only (`encode` uses it again when a reply does not fit the client's maximum size).
+
+Any octets give either a `Message` or `PacketError`, never another exception, and
+`encode(decode(x))` is stable: decoding it again gives the same message.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+# RFC 2131 2: op
+BOOTREQUEST = 1
+BOOTREPLY = 2
+
+MAGIC_COOKIE = b"\x63\x82\x53\x63"  # RFC 2131 3: 99.130.83.99
+FIXED_SIZE = 236  # op .. file, before the cookie
+MIN_SIZE = FIXED_SIZE + len(MAGIC_COOKIE)
+DEFAULT_MAX_SIZE = 576  # RFC 2131 2: a client must accept messages of up to 576 octets
+IP_UDP_HEADERS = 28  # RFC 2132 9.10: option 57 counts the IP and UDP headers too
+BROADCAST_FLAG = 0x8000  # RFC 2131 2, figure 2
+SNAME_SIZE = 64
+FILE_SIZE = 128
+
+ZERO = IPv4Address(0)
+BROADCAST = IPv4Address("255.255.255.255")
+
+_HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
+
+
+class MessageType(enum.IntEnum):
+    """RFC 2132 9.6: option 53."""
+
+    DISCOVER = 1
+    OFFER = 2
+    REQUEST = 3
+    DECLINE = 4
+    ACK = 5
+    NAK = 6
+    RELEASE = 7
+    INFORM = 8
+
+
+class Option(enum.IntEnum):
+    """The option codes netpost reads or writes (RFC 2132 unless noted)."""
+
+    PAD = 0
+    SUBNET_MASK = 1
+    ROUTER = 3
+    DNS_SERVERS = 6
+    HOSTNAME = 12
+    DOMAIN_NAME = 15
+    INTERFACE_MTU = 26
+    BROADCAST_ADDRESS = 28
+    NTP_SERVERS = 42
+    REQUESTED_ADDRESS = 50
+    LEASE_TIME = 51
+    OVERLOAD = 52
+    MESSAGE_TYPE = 53
+    SERVER_IDENTIFIER = 54
+    PARAMETER_REQUEST_LIST = 55
+    MESSAGE = 56
+    MAX_MESSAGE_SIZE = 57
+    RENEWAL_TIME = 58  # T1
+    REBINDING_TIME = 59  # T2
+    VENDOR_CLASS = 60
+    CLIENT_IDENTIFIER = 61
+    RAPID_COMMIT = 80  # RFC 4039
+    CLIENT_FQDN = 81  # RFC 4702
+    RELAY_AGENT_INFORMATION = 82  # RFC 3046
+    DOMAIN_SEARCH = 119  # RFC 3397
+    CLASSLESS_STATIC_ROUTE = 121  # RFC 3442
+    END = 255
+
+
+# RFC 2132 9.3: which of file and sname carry options.
+OVERLOAD_FILE = 1
+OVERLOAD_SNAME = 2
+
+
+class PacketError(ValueError):
+    """The octets are not a DHCP message netpost can read; the text says why."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One DHCP message (RFC 2131 2, figure 1). `options`: code -> value, first-seen order,
+    long options already concatenated (RFC 3396), without 0 (pad), 52 (overload), 255 (end)."""
+
+    op: int
+    xid: int
+    chaddr: bytes  # the client hardware address, `hlen` octets
+    htype: int = 1  # 1: Ethernet
+    hops: int = 0
+    secs: int = 0
+    flags: int = 0
+    ciaddr: IPv4Address = ZERO
+    yiaddr: IPv4Address = ZERO
+    siaddr: IPv4Address = ZERO
+    giaddr: IPv4Address = ZERO
+    sname: bytes = b""  # without trailing NULs
+    file: bytes = b""  # without trailing NULs
+    options: Mapping[int, bytes] = field(default_factory=dict)
+
+    # -- the options a server looks at -------------------------------------------------------
+
+    @property
+    def message_type(self) -> MessageType | None:
+        value = self.options.get(Option.MESSAGE_TYPE)
+        if value is None or len(value) != 1 or not 1 <= value[0] <= 8:
+            return None
+        return MessageType(value[0])
+
+    @property
+    def broadcast(self) -> bool:
+        return bool(self.flags & BROADCAST_FLAG)
+
+    def address_option(self, code: int) -> IPv4Address | None:
+        value = self.options.get(code)
+        return IPv4Address(value) if value is not None and len(value) == 4 else None
+
+    @property
+    def requested_address(self) -> IPv4Address | None:
+        return self.address_option(Option.REQUESTED_ADDRESS)
+
+    @property
+    def server_identifier(self) -> IPv4Address | None:
+        return self.address_option(Option.SERVER_IDENTIFIER)
+
+    @property
+    def client_identifier(self) -> bytes | None:
+        """RFC 2132 9.14 / RFC 4361: opaque; two octets or more."""
+        value = self.options.get(Option.CLIENT_IDENTIFIER)
+        return value if value is not None and len(value) >= 2 else None
+
+    @property
+    def parameter_request_list(self) -> bytes:
+        return bytes(self.options.get(Option.PARAMETER_REQUEST_LIST, b""))
+
+    @property
+    def lease_time(self) -> int | None:
+        value = self.options.get(Option.LEASE_TIME)
+        return int.from_bytes(value, "big") if value is not None and len(value) == 4 else None
+
+    @property
+    def max_message_size(self) -> int:
+        """RFC 2132 9.10: the largest reply this client takes (576 at least)."""
+        value = self.options.get(Option.MAX_MESSAGE_SIZE)
+        if value is None or len(value) != 2:
+            return DEFAULT_MAX_SIZE
+        return max(DEFAULT_MAX_SIZE, int.from_bytes(value, "big"))
+
+    @property
+    def hostname(self) -> str | None:
+        value = self.options.get(Option.HOSTNAME)
+        return printable(value) if value else None
+
+    @property
+    def hardware_address(self) -> str:
+        """chaddr as "aa:bb:cc:dd:ee:ff"."""
+        return self.chaddr.hex(":")
+
+
+def printable(value: bytes) -> str:
+    """Text from a client for logs and the lease table: ASCII, controls replaced."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F else "?" for b in value.rstrip(b"\0"))
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+def _scan_options(data: bytes, into: dict[int, bytearray]) -> None:
+    """Append each option of one field to `into` (RFC 3396: instances concatenate)."""
+    i = 0
+    n = len(data)
+    while i < n:
+        code = data[i]
+        if code == Option.END:
+            return
+        if code == Option.PAD:
+            i += 1
+            continue
+        if i + 1 >= n:
+            raise PacketError(f"option {code} has no length octet")
+        length = data[i + 1]
+        end = i + 2 + length
+        if end > n:
+            raise PacketError(f"option {code} runs past the end of its field")
+        value = data[i + 2:end]
+        known = into.get(code)
+        if known is None:
+            into[code] = bytearray(value)
+        else:
+            known += value
+        i = end
+    # A field without an END option: tolerated (many clients pad the options field instead).
+
+
+def decode(data: bytes) -> Message:
+    """The message in `data` (a UDP payload), or PacketError."""
+    if len(data) < MIN_SIZE:
+        raise PacketError(f"{len(data)} octets is shorter than a DHCP message ({MIN_SIZE})")
+    if data[FIXED_SIZE:MIN_SIZE] != MAGIC_COOKIE:
+        raise PacketError("no DHCP magic cookie (a BOOTP message?)")
+    (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr, sname,
+     file) = _HEADER.unpack_from(data)
+    if op not in (BOOTREQUEST, BOOTREPLY):
+        raise PacketError(f"op {op} is neither BOOTREQUEST nor BOOTREPLY")
+    if hlen > 16:
+        raise PacketError(f"hlen {hlen} is longer than chaddr (16)")
+    found: dict[int, bytearray] = {}
+    _scan_options(data[MIN_SIZE:], found)
+    # RFC 2131 4.1: the options field first, then file, then sname.
+    overload_value = found.pop(Option.OVERLOAD, None)
+    overload = overload_value[0] if overload_value is not None and len(overload_value) == 1 else 0
+    if overload_value is not None and not 1 <= overload <= 3:
+        raise PacketError(f"option overload value {bytes(overload_value).hex()} is not 1, 2 or 3")
+    if overload & OVERLOAD_FILE:
+        _scan_options(file, found)
+        file = b""
+    if overload & OVERLOAD_SNAME:
+        _scan_options(sname, found)
+        sname = b""
+    found.pop(Option.OVERLOAD, None)  # an overload inside file/sname is meaningless
+    return Message(
+        op=op, xid=xid, chaddr=chaddr[:hlen], htype=htype, hops=hops, secs=secs, flags=flags,
+        ciaddr=IPv4Address(ciaddr), yiaddr=IPv4Address(yiaddr), siaddr=IPv4Address(siaddr),
+        giaddr=IPv4Address(giaddr), sname=sname.rstrip(b"\0"), file=file.rstrip(b"\0"),
+        options={code: bytes(value) for code, value in found.items()},
+    )
+
+
+# --- encoding ----------------------------------------------------------------------------------
+
+
+def option_instances(code: int, value: bytes) -> list[bytes]:
+    """The wire form of one option: several instances when longer than 255 (RFC 3396)."""
+    if not value:
+        return [bytes((code, 0))]
+    return [bytes((code, len(value[i:i + 255]))) + value[i:i + 255]
+            for i in range(0, len(value), 255)]
+
+
+def _ordered(options: Mapping[int, bytes]) -> Iterable[tuple[int, bytes]]:
+    """Options in their order, with relay agent information last (RFC 3046 2.1)."""
+    agent = options.get(Option.RELAY_AGENT_INFORMATION)
+    for code, value in options.items():
+        if code not in (Option.PAD, Option.END, Option.OVERLOAD,
+                        Option.RELAY_AGENT_INFORMATION):
+            yield code, value
+    if agent is not None:
+        yield Option.RELAY_AGENT_INFORMATION, agent
+
+
+def _fill(items: list[tuple[int, bytes]], room: int) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """As many options as fit in `room` octets, then END; an option that does not fit whole
+    is split, its tail left for the next field (RFC 3396 5); what is left over."""
+    out = bytearray()
+    rest = list(items)
+    room -= 1  # the END option
+    while rest:
+        code, value = rest[0]
+        free = room - len(out) - 2
+        if free < (1 if value else 0):
+            break
+        take = min(len(value), 255, free)
+        out += bytes((code, take)) + value[:take]
+        if take == len(value):
+            rest.pop(0)
+        else:
+            rest[0] = (code, value[take:])
+    return bytes(out) + b"\xff", rest
+
+
+def encode(message: Message, max_size: int | None = None) -> bytes:
+    """The octets of `message`.  With `max_size` (the client's limit, RFC 2132 9.10, IP and
+    UDP headers included) options that do not fit go into `file` and `sname` (overload) when
+    those are empty; PacketError if they still do not fit."""
+    items = list(_ordered(message.options))
+    sname, file = message.sname, message.file
+    if len(sname) > SNAME_SIZE or len(file) > FILE_SIZE:
+        raise PacketError("sname or file is longer than its field")
+    if len(message.chaddr) > 16:
+        raise PacketError("chaddr is longer than 16 octets")
+    body = b"".join(piece for code, value in items for piece in option_instances(code, value))
+    body += b"\xff"
+    room = None if max_size is None else max_size - IP_UDP_HEADERS - MIN_SIZE
+    if room is not None and len(body) > room:
+        overload = 0
+        # 3 octets for the overload option itself; then file, then sname (RFC 2131 4.1).
+        head, rest = _fill(items, room - 3)
+        if rest and not file:
+            file, rest = _fill(rest, FILE_SIZE)
+            overload |= OVERLOAD_FILE
+        if rest and not sname:
+            sname, rest = _fill(rest, SNAME_SIZE)
+            overload |= OVERLOAD_SNAME
+        if rest or not overload:
+            raise PacketError(f"the options do not fit in {max_size} octets")
+        body = bytes((Option.OVERLOAD, 1, overload)) + head
+    header = _HEADER.pack(
+        message.op, message.htype, len(message.chaddr), message.hops, message.xid & 0xFFFFFFFF,
+        message.secs & 0xFFFF, message.flags & 0xFFFF, message.ciaddr.packed,
+        message.yiaddr.packed, message.siaddr.packed, message.giaddr.packed,
+        message.chaddr.ljust(16, b"\0"), sname.ljust(SNAME_SIZE, b"\0"),
+        file.ljust(FILE_SIZE, b"\0"))
+    return header + MAGIC_COOKIE + body
+
+
+# --- client identity (RFC 2131 4.2, RFC 4361) ----------------------------------------------------
+
+
+def client_key(message: Message) -> bytes:
+    """What identifies a client's binding: its client identifier (option 61; RFC 4361's
+    IAID + DUID form is just as opaque) when it sends one, else hardware type and chaddr."""
+    client_id = message.client_identifier
+    if client_id is not None:
+        return b"id:" + client_id
+    return b"hw:" + bytes((message.htype,)) + message.chaddr
+
+
+def describe_key(key: bytes) -> str:
+    """A client key as people read it: "01:aa:bb:..." (client id) or the MAC."""
+    if key.startswith(b"hw:"):
+        return key[4:].hex(":")
+    if key.startswith(b"id:"):
+        return "id " + key[3:].hex(":")
+    return key.hex(":")
+
+
+# --- relay agent information (RFC 3046) ----------------------------------------------------------
+
+AGENT_CIRCUIT_ID = 1
+AGENT_REMOTE_ID = 2
+
+
+def relay_suboptions(value: bytes) -> dict[int, bytes]:
+    """RFC 3046 2.0: the sub-options of option 82 (empty when malformed)."""
+    out: dict[int, bytes] = {}
+    i = 0
+    while i + 2 <= len(value):
+        code, length = value[i], value[i + 1]
+        if i + 2 + length > len(value):
+            return {}
+        out[code] = value[i + 2:i + 2 + length]
+        i += 2 + length
+    return out if i == len(value) else {}
+
+
+# --- the summary line of the protocol trace ------------------------------------------------------
+
+
+def summary(data: bytes) -> str:
+    """ "DHCPDISCOVER xid=0x1234abcd chaddr=aa:bb:... ciaddr=... yiaddr=..." for the trace."""
+    try:
+        m = decode(data)
+    except PacketError as exc:
+        return f"<malformed: {exc}>"
+    kind = m.message_type
+    name = f"DHCP{kind.name}" if kind is not None else ("BOOTREQUEST" if m.op == BOOTREQUEST
+                                                         else "BOOTREPLY")
+    parts = [name, f"xid=0x{m.xid:08x}", f"chaddr={m.hardware_address}"]
+    for label, addr in (("ciaddr", m.ciaddr), ("yiaddr", m.yiaddr), ("giaddr", m.giaddr)):
+        if addr != ZERO:
+            parts.append(f"{label}={addr}")
+    requested = m.requested_address
+    if requested is not None:
+        parts.append(f"requested={requested}")
+    if m.broadcast:
+        parts.append("broadcast")
+    return " ".join(parts)
