@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from netpost.auth.sasl import Credentials
 from netpost.auth.service import Authenticator
+from netpost.files.reads import pread
 from netpost.files.tree import (
     FileTree,
     NotAllowed,
@@ -408,10 +409,12 @@ class FTPSession(Session):
             await self._sendfile(sock.fileno(), file)
             return
         pending_cr = False
+        fd, offset = file.fileno(), file.tell()
         while True:
-            data = await asyncio.to_thread(file.read, CHUNK)
+            data = await pread(fd, CHUNK, offset)
             if not data:
                 return
+            offset += len(data)
             if ascii:
                 data, pending_cr = _to_crlf(data, pending_cr)
             await self._write(channel, data)

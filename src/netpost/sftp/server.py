@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 import asyncssh
 
 from netpost.auth.sasl import Credentials
+from netpost.files.reads import pread
 from netpost.files.tree import (
     Entry,
     FileTree,
@@ -526,7 +527,7 @@ class TreeSFTPServer(asyncssh.SFTPServer):
         session.touch()
         session.busy += 1
         try:
-            return await asyncio.to_thread(os.pread, fd, min(size, _MAX_READ), offset)
+            return await pread(fd, min(size, _MAX_READ), offset)
         except OSError as exc:
             raise asyncssh.SFTPFailure(exc.strerror or "read failed") from None
         finally:

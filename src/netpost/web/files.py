@@ -2,8 +2,8 @@
 416, 304 and 412, streamed from the file descriptor in pieces (never the whole file in memory).
 
 uvicorn has no zero-copy path for ASGI (neither the `http.response.zerocopy` nor the
-`http.response.pathsend` extension), so each piece is read with pread(2) in a worker thread
-and handed to the server, which waits for the socket to drain before taking the next
+`http.response.pathsend` extension), so each piece is read with pread(2) (from the page cache
+on the loop, a miss in a worker: files/reads.py) and handed to the server, which waits for the socket to drain before taking the next
 (flow control): memory per download stays at one piece.
 """
 
@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from starlette.types import Message, Receive, Scope, Send
 
+from netpost.files.reads import pread
 from netpost.web.ranges import (
     Unsatisfiable,
     content_range,
@@ -180,7 +181,7 @@ class FileAnswer:
                 offset = first
                 while offset <= last:
                     want = min(CHUNK, last - offset + 1)
-                    data = await asyncio.to_thread(os.pread, self.fd, want, offset)
+                    data = await pread(self.fd, want, offset)
                     if not data:  # the file shrank while it was sent: cut the answer short
                         raise ConnectionResetError("the file shrank while it was sent")
                     offset += len(data)
