@@ -167,6 +167,8 @@ def test_schema_v1_is_migrated(tmp_path: Path) -> None:
         DROP TABLE queue_recipients;
         DROP TABLE queue_messages;
         DROP TABLE shares;
+        DROP TABLE leases;
+        DELETE FROM meta WHERE key = 'lease_serial';
         PRAGMA user_version = 1;
     """)
     conn.close()

@@ -9,7 +9,7 @@ import pytest
 
 from netpost.store.embedded import open_admin
 from netpost.store.interfaces import StoreError
-from netpost.store.sqlite import SQLiteStore
+from netpost.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from netpost.store.sqlshares import SQLiteShares
 
 
@@ -77,9 +77,10 @@ def test_v4_database_is_migrated(tmp_path: Path) -> None:
     s.add_account("alice@example.com", "x")
     s.close()
     conn = sqlite3.connect(path)
-    conn.executescript("DROP TABLE shares; PRAGMA user_version = 4;")
+    conn.executescript("DROP TABLE shares; DROP TABLE leases; "
+                       "DELETE FROM meta WHERE key = 'lease_serial'; PRAGMA user_version = 4;")
     conn.close()
     s = SQLiteStore(path)
     SQLiteShares(s).add_share("tok", "alice@example.com", "/")
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 5
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     s.close()

@@ -3,7 +3,8 @@
 `open_stores` is the only place that names the concrete classes; everything else takes the
 roles of `netpost.store.interfaces`.  Layout of a data directory:
 
-    DATA/netpost.db      metadata: accounts, mailboxes, messages, the change feed (SQLite, WAL)
+    DATA/netpost.db      metadata: accounts, mailboxes, messages, the change feed, DHCP
+                         leases (SQLite, WAL)
     DATA/blobs.db        bodies up to [store] small_body_limit, one row each (SQLite, WAL)
     DATA/blobs/ab/<sha>  larger bodies, a file each
     DATA/netpost.lock    held by `netpost serve` and by maintenance commands (gc, migrate,
@@ -28,6 +29,7 @@ from netpost.store.feed import LocalChangeFeed
 from netpost.store.interfaces import AdminStores, GarbageReport, StoreError, Stores
 from netpost.store.migrate import MigrationReport, is_migrated, mark_migrated, migrate_layout
 from netpost.store.sqlite import SQLiteStore
+from netpost.store.sqlleases import SQLiteLeases
 from netpost.store.sqlqueue import SQLiteQueue
 from netpost.store.sqlshares import SQLiteShares
 from netpost.store.tiered import DEFAULT_THRESHOLD, TieredBlobStore
@@ -104,14 +106,16 @@ def open_stores(data_dir: Path, *, small_body_limit: int = DEFAULT_THRESHOLD) ->
     return Stores(domains=meta, accounts=meta, aliases=meta, mailboxes=meta, messages=meta,
                   delivery=committer, blobs=blobs, changes=feed, log=meta,
                   maintenance=EmbeddedMaintenance(meta, blobs, committer),
-                  queue=SQLiteQueue(meta), shares=SQLiteShares(meta), closer=close)
+                  queue=SQLiteQueue(meta), shares=SQLiteShares(meta),
+                  leases=SQLiteLeases(meta), closer=close)
 
 
 def open_admin(data_dir: Path) -> AdminStores:
     """The account roles only, for the command line (no threads, no blob store)."""
     meta = _metadata(data_dir)
     return AdminStores(domains=meta, accounts=meta, aliases=meta, mailboxes=meta,
-                       queue=SQLiteQueue(meta), shares=SQLiteShares(meta), closer=meta.close)
+                       queue=SQLiteQueue(meta), shares=SQLiteShares(meta),
+                       leases=SQLiteLeases(meta), closer=meta.close)
 
 
 def embedded_maintenance(stores: Stores) -> EmbeddedMaintenance:

@@ -14,6 +14,7 @@ Roles for services:
   ChangeFeed                     publish / subscribe in process, with a cursor into ChangeLog
   MailQueue                      the outbound queue: per-recipient state, claim due, outcomes
   Shares                         files and folders published at unguessable URLs (web/)
+  Leases                         DHCP address bindings, v4 and v6: committed in batches
   Maintenance                    collect what nothing references any more
 
 Roles between parts of a backend (the group committer is shared by backends that keep
@@ -304,6 +305,57 @@ class Shares(Protocol):
         """Forget a share; False if there was none."""
 
 
+# A lease's state in the store.  "bound": the client holds it until `expires`; "released":
+# given back (RFC 2131 4.3.4, RFC 8415 18.4.6); "declined": a client found it in use, kept out
+# of the pool until `expires`; "expired": ended without a word from the client.
+LeaseState = Literal["bound", "released", "declined", "expired"]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One address binding of the DHCP servers.  One row per address: an address is never
+    bound to two clients.  DHCPv4: `client` is the client identifier (option 61) or hardware
+    type + chaddr, `iaid` None.  DHCPv6 (RFC 8415): `client` is the DUID, `iaid` the IA's."""
+
+    address: str  # "10.99.0.147" or "2001:db8::147"
+    client: bytes
+    state: LeaseState
+    starts: float  # POSIX seconds
+    expires: float
+    iaid: int | None = None
+    hardware: str = ""  # "aa:bb:cc:dd:ee:ff" when known
+    hostname: str = ""  # option 12 / 81 (v6: option 39)
+    subnet: str = ""  # "10.99.0.0/24": the configured subnet it came from
+    relay: str = ""  # the relay (giaddr, circuit id) it came through, if any
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.address else 4
+
+    def active(self, now: float) -> bool:
+        return self.state in ("bound", "declined") and self.expires > now
+
+
+class Leases(Protocol):
+    """DHCP leases.  A server loads them at start and writes each batch of changes in one
+    durable transaction before it acknowledges any of them (group commit)."""
+
+    def load_leases(self, family: int) -> list[Lease]:
+        """Every lease of the family (4 or 6), for a server starting."""
+    def commit_leases(self, leases: Sequence[Lease]) -> None:
+        """Store these (by address, replacing what was there) in ONE transaction; durable
+        when it returns."""
+    def get_lease(self, address: str) -> Lease | None: ...
+    def list_leases(self, family: int | None = None) -> list[Lease]:
+        """Leases in address order (the CLI's list)."""
+    def release_lease(self, address: str, now: float) -> Lease | None:
+        """An administrator ends a lease (`netpost leases release`): "released", expiring
+        `now`; the lease before the change, or None if there was none."""
+    def leases_changed_since(self, serial: int) -> tuple[list[Lease], int]:
+        """Leases written after change `serial` (0: all) and the serial now: a running
+        server notices what the command line changed."""
+
+
 ChangeKind = Literal["append", "expunge", "flags"]
 
 
@@ -550,6 +602,7 @@ class AdminStores:
     mailboxes: MailboxCatalogue
     queue: MailQueue
     shares: Shares
+    leases: Leases
     closer: Callable[[], None]
 
     def close(self) -> None:
@@ -572,6 +625,7 @@ class Stores:
     maintenance: Maintenance
     queue: MailQueue
     shares: Shares
+    leases: Leases
     closer: Callable[[], None]  # commits what is queued, then closes; blocking
 
     def close(self) -> None:

@@ -46,10 +46,11 @@ from netpost.store.interfaces import (
     StoreError,
 )
 from netpost.store.sqlitedb import DURABLE, ThreadConnections
+from netpost.store.sqlleases import SCHEMA_V6
 from netpost.store.sqlqueue import SCHEMA_V4, insert_outbound
 from netpost.store.sqlshares import SCHEMA_V5
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (
@@ -155,7 +156,7 @@ INSERT INTO subscriptions (account_id, name)
 
 # version -> the script that brings version - 1 to it
 _MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: SCHEMA_V4,
-                               5: SCHEMA_V5}
+                               5: SCHEMA_V5, 6: SCHEMA_V6}
 
 _MESSAGE_COLUMNS = "m.mailbox_id, m.uid, m.sha256, b.size, m.size, m.internaldate, m.modseq, \
 m.flags, m.has_dot_lines"

@@ -1,0 +1,129 @@
+"""DHCP leases on the embedded store's SQLite database (the `Leases` role).
+
+One row per address (the primary key), so the store itself refuses to bind an address twice;
+v4 and v6 leases share the table (`family`; v6 rows carry the IA's IAID beside the DUID).
+A batch of leases is one transaction with ``synchronous=FULL``: durable when `commit_leases`
+returns, one fsync for the whole batch.  Every write takes the next `serial` (kept in
+``meta``), which is how a running server finds what `netpost leases release` changed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from netpost.store.interfaces import Lease
+
+if TYPE_CHECKING:
+    from netpost.store.sqlite import SQLiteStore
+
+# v6: DHCP leases (issue 9).
+SCHEMA_V6 = """
+CREATE TABLE leases (
+    address TEXT PRIMARY KEY,      -- "10.99.0.147" or "2001:db8::147": one client at a time
+    family INTEGER NOT NULL CHECK (family IN (4, 6)),
+    client BLOB NOT NULL,          -- v4: client id or htype+chaddr, v6: DUID
+    iaid INTEGER,                  -- v6: the IA_NA's IAID
+    state TEXT NOT NULL CHECK (state IN ('bound', 'released', 'declined', 'expired')),
+    starts REAL NOT NULL,
+    expires REAL NOT NULL,
+    hardware TEXT NOT NULL DEFAULT '',
+    hostname TEXT NOT NULL DEFAULT '',
+    subnet TEXT NOT NULL DEFAULT '',
+    relay TEXT NOT NULL DEFAULT '',
+    serial INTEGER NOT NULL        -- the write that left it so (meta 'lease_serial')
+);
+CREATE INDEX leases_client ON leases(family, client, iaid);
+CREATE INDEX leases_serial ON leases(serial);
+INSERT INTO meta (key, value) VALUES ('lease_serial', 0);
+"""
+
+_COLUMNS = ("address, client, state, starts, expires, iaid, hardware, hostname, subnet, relay")
+
+
+def _lease(row: Sequence[Any]) -> Lease:
+    return Lease(address=row[0], client=bytes(row[1]), state=row[2], starts=row[3],
+                 expires=row[4], iaid=row[5], hardware=row[6], hostname=row[7], subnet=row[8],
+                 relay=row[9])
+
+
+def _address_order(lease: Lease) -> tuple[int, int]:
+    return lease.family, int(ipaddress.ip_address(lease.address))
+
+
+class SQLiteLeases:
+    """`Leases` over the table above, sharing the store's connections and write lock."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    def _conn(self) -> sqlite3.Connection:
+        return self._store._conn()
+
+    @staticmethod
+    def _next_serial(conn: sqlite3.Connection) -> int:
+        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'lease_serial'")
+        return int(conn.execute(
+            "SELECT value FROM meta WHERE key = 'lease_serial'").fetchone()[0])
+
+    def load_leases(self, family: int) -> list[Lease]:
+        rows = self._conn().execute(f"SELECT {_COLUMNS} FROM leases WHERE family = ?",
+                                    (family,)).fetchall()
+        return [_lease(r) for r in rows]
+
+    def commit_leases(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        with self._store._db.write() as conn:
+            serial = self._next_serial(conn)
+            conn.executemany(
+                "INSERT OR REPLACE INTO leases (address, family, client, iaid, state, starts, "
+                "expires, hardware, hostname, subnet, relay, serial) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(lease.address, lease.family, lease.client, lease.iaid, lease.state,
+                  lease.starts, lease.expires, lease.hardware, lease.hostname, lease.subnet,
+                  lease.relay, serial) for lease in leases])
+
+    def get_lease(self, address: str) -> Lease | None:
+        row = self._conn().execute(f"SELECT {_COLUMNS} FROM leases WHERE address = ?",
+                                   (_canonical(address),)).fetchone()
+        return None if row is None else _lease(row)
+
+    def list_leases(self, family: int | None = None) -> list[Lease]:
+        if family is None:
+            rows = self._conn().execute(f"SELECT {_COLUMNS} FROM leases").fetchall()
+        else:
+            rows = self._conn().execute(f"SELECT {_COLUMNS} FROM leases WHERE family = ?",
+                                        (family,)).fetchall()
+        return sorted((_lease(r) for r in rows), key=_address_order)
+
+    def release_lease(self, address: str, now: float) -> Lease | None:
+        key = _canonical(address)
+        with self._store._db.write() as conn:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM leases WHERE address = ?",
+                               (key,)).fetchone()
+            if row is None:
+                return None
+            serial = self._next_serial(conn)
+            conn.execute("UPDATE leases SET state = 'released', expires = MIN(expires, ?), "
+                         "serial = ? WHERE address = ?", (now, serial, key))
+            return _lease(row)
+
+    def leases_changed_since(self, serial: int) -> tuple[list[Lease], int]:
+        conn = self._conn()
+        now = int(conn.execute("SELECT value FROM meta WHERE key = 'lease_serial'").fetchone()[0])
+        if now <= serial:
+            return [], now
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM leases WHERE serial > ? AND serial <= ?",
+                            (serial, now)).fetchall()
+        return [_lease(r) for r in rows], now
+
+
+def _canonical(address: str) -> str:
+    """The address as rows keep it ("2001:db8::1", not "2001:0db8:0:0::1")."""
+    try:
+        return str(ipaddress.ip_address(address.strip()))
+    except ValueError:
+        return address.strip()
