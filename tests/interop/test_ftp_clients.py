@@ -815,3 +815,47 @@ def test_big_file_lftp_ftps(tls_server: Server, big_file: tuple[Path, str],
     assert sha256_of(tmp_path / "down.bin") == digest
     (tmp_path / "down.bin").unlink()
     on_disk(tls_server, CAROL, "big tls.bin").unlink()
+
+
+@pytest.fixture(scope="module")
+def lenient_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`[ftp] require_close_notify = false`: a protected upload may end with a bare FIN."""
+    yield from _launch(tmp_path_factory, "ftp-lenient",
+                       BASE_CONFIG + "[ftp]\nrequire_close_notify = false\n")
+
+
+def _upload_cut_without_close_notify(server: Server, name: str, data: bytes) -> str:
+    """STOR over PROT P whose data connection is closed under TLS (no close_notify)."""
+    with ftp_tls(server, BOB) as ftp:
+        ftp.voidcmd("TYPE I")
+        conn = ftp.transfercmd(f"STOR {name}")
+        conn.sendall(data)
+        raw = socket.socket(fileno=os.dup(conn.fileno()))
+        raw.shutdown(socket.SHUT_WR)  # a bare FIN where the TLS close_notify belongs
+        reply = ftp.getmultiline()
+        raw.close()
+        conn.close()
+        return reply
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_protected_upload_cut_without_close_notify(tls_server: Server,
+                                                   lenient_tls_server: Server,
+                                                   strict: bool) -> None:
+    # RFC 4217 12.6: by default an upload that ends without close_notify may be truncated:
+    # 426, and nothing under the name; require_close_notify = false takes the bare FIN.
+    server = tls_server if strict else lenient_tls_server
+    data = os.urandom(300_000)
+    on_disk(server, BOB).mkdir(parents=True, exist_ok=True)
+    reply = _upload_cut_without_close_notify(server, "cut.bin", data)
+    target = on_disk(server, BOB, "cut.bin")
+    if strict:
+        assert reply.startswith("426"), reply
+        assert not target.exists()
+    else:
+        assert reply.startswith("226"), reply
+        assert target.read_bytes() == data
+    # Either way the session goes on: a proper upload works.
+    with ftp_tls(server, BOB) as ftp:
+        assert put(ftp, "after.bin", b"whole").startswith("226")
+    assert on_disk(server, BOB, "after.bin").read_bytes() == b"whole"

@@ -78,7 +78,7 @@ class FTPSession(Session):
                  writer: asyncio.StreamWriter, peer: str, *, settings: FTPSettings,
                  auth: Authenticator, trees: Callable[[str], FileTree],
                  passive_ports: range | None, active_port: int | None, data_timeout: float,
-                 require_tls_reuse: bool,
+                 require_tls_reuse: bool, require_close_notify: bool = True,
                  tree_cache: Callable[[str], FileTree | None] | None = None) -> None:
         super().__init__(listener, reader, writer, peer)
         # Clients send ABOR as TCP urgent data (the Telnet Synch of RFC 959 4.1.3: IAC DM
@@ -95,6 +95,7 @@ class FTPSession(Session):
         self.tree_cache = tree_cache  # the tree if made already, without a worker hop
         self.data_timeout = data_timeout
         self.require_tls_reuse = require_tls_reuse
+        self.require_close_notify = require_close_notify
         self.channels = Channels(self, max_open=2, ports=passive_ports,
                                  source_port=active_port, timeout=data_timeout)
         self.tree: FileTree | None = None
@@ -299,17 +300,26 @@ class FTPSession(Session):
             if event.verb == "RETR":
                 assert isinstance(channel, Channel)
                 await self._send_file(channel, handle, event.ascii)
-            elif isinstance(channel, SocketChannel):
-                await self._receive_raw(channel, handle)
             elif event.verb in ("STOR", "APPE", "STOU"):
-                await self._receive_file(channel, handle, event.ascii)
+                if isinstance(channel, SocketChannel):
+                    await self._receive_raw(channel, handle)
+                else:
+                    await self._receive_file(channel, handle, event.ascii)
                 if event.verb == "STOU":
                     text = f"Transfer complete: stored as {path}"
+                # The upload is whole on disk now: a client that is gone before our end of
+                # the channel (TLS close_notify, FIN) is out does not make it fail.
+                closing, channel = channel, None
+                try:
+                    await self._close_data(closing, clean=True)
+                except (OSError, TransferFailed):
+                    closing.abort()
             else:
                 assert isinstance(channel, Channel)
                 await self._send_listing(channel, event.verb, path)
-            await self._close_data(channel, clean=True)
-            channel = None
+            if channel is not None:
+                await self._close_data(channel, clean=True)
+                channel = None
         except asyncio.CancelledError:
             code, text = 426, "Connection closed; transfer aborted"
         except TransferFailed as exc:
@@ -464,7 +474,12 @@ class FTPSession(Session):
             async with asyncio.timeout(limit) as deadline:
                 moved = loop.time()
                 while True:
-                    data = await channel.read(CHUNK)
+                    try:
+                        data = await channel.read(CHUNK)
+                    except Truncated:
+                        if self.require_close_notify:
+                            raise
+                        data = b""  # a bare FIN ends the upload, as vsftpd's default
                     now = loop.time()
                     if now - moved > limit / 4:
                         deadline.reschedule(now + limit)

@@ -29,6 +29,11 @@ class FTPConfig:
                                       "require_ssl_reuse), so no one else can take its place")
     require_protected_data: bool = setting(True, "after AUTH TLS, data connections must be "
                                            "protected too (PROT P)")
+    require_close_notify: bool = setting(True, "a protected upload must end with the client's "
+                                         "TLS close_notify; one cut without it is answered "
+                                         "426 and discarded (RFC 4217 12.6: a forged FIN "
+                                         "would truncate the file). false accepts a bare "
+                                         "FIN, as vsftpd's default strict_ssl_read_eof=NO")
     quota: int = setting(0, "octets each account's file tree may hold (0: no limit); uploads "
                          "beyond it get 552")
 
@@ -91,7 +96,9 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> StreamHandler:
         return FTPSession(listener, reader, writer, peer, settings=settings, auth=auth,
                           trees=files.tree, passive_ports=passive,
                           active_port=active, data_timeout=ftp.data_timeout,
-                          require_tls_reuse=ftp.require_tls_reuse, tree_cache=files.cached)
+                          require_tls_reuse=ftp.require_tls_reuse,
+                          require_close_notify=ftp.require_close_notify,
+                          tree_cache=files.cached)
 
     return StreamHandler(factory, refuse_line, ftp.idle_timeout)
 
