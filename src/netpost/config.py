@@ -24,6 +24,7 @@ from netpost.registry import (
     default_registry,
     setting,
     setting_doc,
+    setting_parse,
     setting_positive,
 )
 
@@ -34,29 +35,48 @@ class ConfigError(Exception):
     """A configuration problem, described in one line fit for the user."""
 
 
+# The port of a listener given only an interface ("--listen dhcp=eth0"): its standard port.
+STANDARD_PORT = -1
+
+
 @dataclass(frozen=True)
 class ListenAddress:
     host: str
-    port: int
+    port: int  # STANDARD_PORT until the supervisor puts the listener's own in
+    interface: str | None = None  # bound to this network interface (SO_BINDTODEVICE)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        port = "" if self.port == STANDARD_PORT else f":{self.port}"
+        return f"{host}{port}" + (f"%{self.interface}" if self.interface else "")
+
+
+def _interface_name(name: str, what: str) -> str:
+    """A Linux interface name (IFNAMSIZ: 15 octets, no '/', ':', '%' or space)."""
+    if not name or len(name.encode()) > 15 or any(c in name for c in "/:% ") \
+            or not name.isprintable():
+        raise ConfigError(f"{what}: {name!r} is not a network interface name")
+    return name
 
 
 def parse_listen(value: str, what: str) -> ListenAddress | None:
-    """Parse "HOST:PORT", "[v6]:PORT", ":PORT" (default host later) or "off"."""
+    """Parse "HOST:PORT", "[v6]:PORT", ":PORT" (default host later), "off", or for UDP
+    listeners that serve a link (DHCP) "IFACE" (all addresses, standard port, bound to the
+    interface) and "HOST:PORT%IFACE"."""
     value = value.strip()
     if value == "off":
         return None
+    if ":" not in value and "%" not in value:
+        return ListenAddress("0.0.0.0", STANDARD_PORT, _interface_name(value, what))
+    value, percent, interface = value.partition("%")
     host, sep, port_text = value.rpartition(":")
     if not sep or not port_text.isdigit():
-        raise ConfigError(f"{what}: {value!r} is not HOST:PORT or 'off'")
+        raise ConfigError(f"{what}: {value!r} is not HOST:PORT, IFACE or 'off'")
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ConfigError(f"{what}: port {port} is out of range 0-65535")
-    host = host.strip("[]") or "127.0.0.1"
-    return ListenAddress(host, port)
+    host = host.strip("[]") or ("0.0.0.0" if percent else "127.0.0.1")
+    return ListenAddress(host, port, _interface_name(interface, what) if percent else None)
 
 
 @dataclass(frozen=True)
@@ -180,7 +200,7 @@ class Config:
     def listen_address(self, name: str) -> ListenAddress | None:
         addr = parse_listen(self.listen[name], f"listen.{name}")
         if addr is not None and self.listen[name].strip().startswith(":"):
-            addr = ListenAddress(self.server.bind, addr.port)
+            addr = ListenAddress(self.server.bind, addr.port, addr.interface)
         return addr
 
     def traced(self, listener: str) -> bool:
@@ -224,6 +244,13 @@ def _apply(current: Any, section: str, table: dict[str, Any]) -> Any:
     for key, value in table.items():
         if key not in known:
             raise ConfigError(f"unknown key {section}.{key} (known: {', '.join(known)})")
+        parse = setting_parse(known[key])
+        if parse is not None:  # a table or list of tables ([[dhcp.subnets]])
+            try:
+                changes[key] = parse(value)
+            except ValueError as exc:
+                raise ConfigError(f"{section}.{key}: {exc}") from None
+            continue
         changes[key] = _coerce(value, getattr(current, key), f"{section}.{key}")
         if setting_positive(known[key]) and changes[key] <= 0:
             raise ConfigError(f"{section}.{key} must be greater than 0")
@@ -297,6 +324,13 @@ def validate(cfg: Config, registry: Registry | None = None) -> None:
         if name != "all" and name not in names:
             raise ConfigError(f"trace.listeners: unknown listener {name!r} "
                               f"(known: {', '.join(names)})")
+    for _, decl in registry.listeners():
+        value = cfg.listen.get(decl.name, "off")
+        address = parse_listen(value, f"listen.{decl.name}")
+        if address is not None and address.interface is not None and \
+                decl.transport is not Transport.UDP:
+            raise ConfigError(f"listen.{decl.name}: {value!r} is not HOST:PORT (an interface "
+                              "name is only for UDP listeners, e.g. dhcp)")
     if bool(cfg.tls.certificate) != bool(cfg.tls.key):
         raise ConfigError("tls: set both certificate and key, or neither (self-signed)")
     if cfg.auth.failure_max_delay < cfg.auth.failure_delay:
@@ -342,6 +376,9 @@ def _render_section(out: list[str], name: str, doc: str, settings: Any) -> None:
     out.append(f"# {doc}")
     out.append(f"[{name}]")
     for f in dataclasses.fields(settings):
+        if setting_parse(f) is not None:  # tables: described, written by hand
+            out.append(f"# {f.name}: {setting_doc(f)}")
+            continue
         line = f"{f.name} = {_toml_value(getattr(settings, f.name))}"
         out.append(f"{line:<40}# {setting_doc(f)}")
     out.append("")

@@ -38,6 +38,7 @@ BUILTIN: tuple[str, ...] = (
     "netpost.ftp.service",
     "netpost.sftp.service",
     "netpost.web.service",
+    "netpost.dhcp.service",
 )
 
 # The trace name of outbound SMTP sessions (the relay's), beside the listeners' names.
@@ -129,14 +130,22 @@ class Service:
     workers: Callable[[BuildContext], Sequence[Worker]] | None = None
 
 
-def setting(default: T, doc: str, *, positive: bool = False) -> T:
+def setting(default: T, doc: str, *, positive: bool = False,
+            parse: Callable[[Any], T] | None = None) -> T:
     """A config field: its default, the comment `netpost init` writes beside it, and whether
-    0 is refused (a limit of 0 would make the service unusable)."""
-    return field(default=default, metadata={"doc": doc, "positive": positive})
+    0 is refused (a limit of 0 would make the service unusable).  `parse` takes the TOML
+    value of a table-valued setting (e.g. [[dhcp.subnets]]) and returns the field's value, or
+    raises ValueError naming what is wrong."""
+    return field(default=default, metadata={"doc": doc, "positive": positive, "parse": parse})
 
 
 def setting_doc(f: dataclasses.Field[Any]) -> str:
     return str(f.metadata.get("doc", ""))
+
+
+def setting_parse(f: dataclasses.Field[Any]) -> Callable[[Any], Any] | None:
+    parse = f.metadata.get("parse")
+    return parse if callable(parse) else None
 
 
 def setting_positive(f: dataclasses.Field[Any]) -> bool:

@@ -14,11 +14,12 @@ import os
 import signal
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from netpost.auth.passwords import generate_password, hash_password, verify_password
-from netpost.config import Config, ListenAddress
+from netpost.config import STANDARD_PORT, Config, ConfigError, ListenAddress
 from netpost.net.datagram import DatagramListener
 from netpost.net.served import ServedListener
 from netpost.net.session import ListenerSpec
@@ -133,6 +134,11 @@ def build_listeners(registry: Registry, services: Services, config: Config,
             address = config.listen_address(decl.name)
             if address is None:
                 continue
+            if address.port == STANDARD_PORT:  # "--listen dhcp=eth0"
+                address = replace(address, port=decl.standard_port)
+            if address.interface is not None and decl.transport is not Transport.UDP:
+                raise ConfigError(f"listen.{decl.name}: only UDP listeners are bound to an "
+                                  f"interface; give HOST:PORT")
             spec = ListenerSpec(decl.name, decl.protocol, address, decl.implicit_tls,
                                 config.traced(decl.name))
             handler = service.build(ctx, decl)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
@@ -32,6 +33,7 @@ MAX_QUEUED = 4096  # datagrams waiting for the handler; more are dropped (and co
 MAX_BATCH = 256  # datagrams per `receive` call
 MAX_TASKS = 1024  # spawned tasks in flight; more are refused
 MAX_SOURCES = 100_000  # rate-limit buckets kept
+RECEIVE_BUFFER = 4 * 1024 * 1024  # SO_RCVBUF of link sockets (the kernel caps it at rmem_max)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,13 @@ class DatagramStats:
 
 class DatagramHandler(ABC):
     """What a UDP service provides: answers to a batch of datagrams."""
+
+    # False for a protocol whose clients share a source address, so that the per-source
+    # limit would starve them together (DHCP: every client without an address is 0.0.0.0);
+    # such a handler limits by its own key (DHCP: the hardware address).
+    source_rate_limited: bool = True
+    # True for a protocol that answers to 255.255.255.255 (SO_BROADCAST; DHCP, RFC 2131 4.1).
+    sends_broadcast: bool = False
 
     def __init__(self, listener: DatagramListener) -> None:
         self.listener = listener
@@ -100,11 +109,35 @@ class DatagramListener(asyncio.DatagramProtocol):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         addr = self.spec.address
-        transport, _ = await self._loop.create_datagram_endpoint(
-            lambda: self, local_addr=(addr.host, addr.port), reuse_port=False)
+        if addr.interface is not None or self.handler.sends_broadcast:
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: self, sock=self._link_socket())
+        else:
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: self, local_addr=(addr.host, addr.port), reuse_port=False)
         self.transport = transport
         sock = transport.get_extra_info("sockname")
-        self.bound = ListenAddress(sock[0], sock[1])
+        self.bound = ListenAddress(sock[0], sock[1], addr.interface)
+
+    def _link_socket(self) -> socket.socket:
+        """An IPv4 socket for a service of the link: bound to its interface (so that it gets
+        the broadcasts of that link only and its own broadcasts leave there), allowed to
+        broadcast, with room for a burst of datagrams."""
+        addr = self.spec.address
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            if addr.interface is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                addr.interface.encode())
+            sock.bind((addr.host, addr.port))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     @property
     def busy(self) -> bool:
@@ -160,7 +193,8 @@ class DatagramListener(asyncio.DatagramProtocol):
         if self.stopping:
             return
         peer = (str(addr[0]), int(addr[1]))
-        if not self._allow(client_key(peer[0]), time.monotonic()):
+        if self.handler.source_rate_limited and \
+                not self._allow(client_key(peer[0]), time.monotonic()):
             self.stats.rate_limited += 1
             return
         if len(self._queue) >= MAX_QUEUED:

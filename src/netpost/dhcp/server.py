@@ -1,0 +1,188 @@
+"""The DHCPv4 listener's handler: datagrams to the engine, leases to the store, replies out.
+
+Each batch the listener hands over is decoded and decided at once; replies that promise a
+lease (ACKs) wait until their leases are durable.  Leases are committed by one task at a time:
+while a transaction runs, the next ones gather, and go together in the next transaction (group
+commit) -- so a burst of REQUESTs costs a few fsyncs, not one each.  OFFERs, NAKs and INFORM
+answers promise nothing and go at once.
+
+Malformed datagrams are dropped and counted (`DatagramStats.dropped` and `malformed`), so are
+replies too big for the client; nothing a client sends stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from netpost.dhcp.engine import BindingState, DHCPEngine, LeaseRecord, Link, Outcome
+from netpost.dhcp.packet import PacketError, decode, describe_key, encode, summary
+from netpost.net.datagram import Datagram, DatagramHandler, DatagramListener
+from netpost.store.interfaces import Lease, Leases, LeaseState
+
+log = logging.getLogger("netpost.dhcp")
+
+SYNC_INTERVAL = 1.0  # seconds between looks for leases the command line changed
+SIOCGIFADDR = 0x8915  # linux/sockios.h
+
+
+@dataclass
+class DHCPCounters:
+    malformed: int = 0  # not a DHCP message
+    oversized: int = 0  # a reply the client's maximum size could not take
+    commits: int = 0  # transactions
+    committed: int = 0  # leases in them
+    commit_failures: int = 0
+    replies_waiting: int = 0  # ACKs waiting for their commit now
+    batches: list[int] = field(default_factory=list)  # recent commit sizes (last 64)
+
+
+def interface_address(name: str) -> IPv4Address:
+    """The IPv4 address of a network interface (SIOCGIFADDR), or OSError."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("256s", name.encode()[:15])
+        answer = fcntl.ioctl(sock.fileno(), SIOCGIFADDR, request)
+    return IPv4Address(answer[20:24])
+
+
+_STATES: dict[str, LeaseState] = {"bound": "bound", "released": "released",
+                                  "declined": "declined", "expired": "expired"}
+
+
+def to_lease(record: LeaseRecord) -> Lease:
+    return Lease(address=str(record.address), client=record.client,
+                 state=_STATES[record.state],
+                 starts=record.starts, expires=record.expires,
+                 hardware=record.hardware.hex(":"), hostname=record.hostname,
+                 subnet=record.subnet, relay=record.relay)
+
+
+def to_record(lease: Lease) -> LeaseRecord:
+    hardware = bytes.fromhex(lease.hardware.replace(":", "")) if lease.hardware else b""
+    return LeaseRecord(IPv4Address(lease.address), lease.client, lease.state, lease.starts,
+                       lease.expires, lease.subnet, hardware, lease.hostname, lease.relay)
+
+
+class DHCPHandler(DatagramHandler):
+    """One DHCPv4 listener (one link, or relays reaching one address)."""
+
+    source_rate_limited = False  # clients without an address all come from 0.0.0.0
+    sends_broadcast = True
+
+    def __init__(self, listener: DatagramListener, engine: DHCPEngine, link: Link,
+                 leases: Leases) -> None:
+        super().__init__(listener)
+        self.engine = engine
+        self.link = link
+        self.leases = leases
+        self.counters = DHCPCounters()
+        self._pending: list[tuple[Lease, bytes | None, tuple[str, int] | None]] = []
+        self._committing = False
+        _, self._serial = leases.leases_changed_since(0)
+        self._synced = time.monotonic()
+
+    # -- datagrams in --------------------------------------------------------------------------
+
+    def receive(self, batch: list[Datagram]) -> None:
+        now = time.time()
+        self._sync_external(now)
+        for datagram in batch:
+            try:
+                message = decode(datagram.data)
+            except PacketError as exc:
+                self.counters.malformed += 1
+                self.listener.stats.dropped += 1
+                log.debug("dhcp: dropped a malformed datagram from %s: %s", datagram.peer[0], exc)
+                continue
+            try:
+                outcome = self.engine.handle(message, self.link, now)
+            except Exception:  # a bug must cost one message, not the batch or the server
+                self.listener.stats.errors += 1
+                log.exception("dhcp: failed on %s", summary(datagram.data))
+                continue
+            if outcome is not None:
+                self._act(outcome)
+        if self._pending and not self._committing:
+            self._committing = True
+            if not self.listener.spawn(self._commit_pending()):
+                self._committing = False
+
+    def _act(self, outcome: Outcome) -> None:
+        data = None
+        if outcome.reply is not None:
+            try:
+                data = encode(outcome.reply, max_size=outcome.max_size)
+            except PacketError as exc:
+                self.counters.oversized += 1
+                self.listener.stats.dropped += 1
+                log.warning("dhcp: reply not sent: %s", exc)
+        if outcome.lease is not None:
+            self._pending.append((to_lease(outcome.lease), data, outcome.destination))
+            self.counters.replies_waiting += 1
+        elif data is not None and outcome.destination is not None:
+            self.listener.send(data, outcome.destination)
+
+    # -- group commit --------------------------------------------------------------------------
+
+    async def _commit_pending(self) -> None:
+        """Commit what is pending in one transaction, send its replies, repeat while more
+        gathered meanwhile."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await asyncio.to_thread(self.leases.commit_leases, [b[0] for b in batch])
+                except Exception:
+                    self.counters.commit_failures += 1
+                    self.counters.replies_waiting -= len(batch)
+                    log.exception("dhcp: %d leases not committed; their ACKs are not sent "
+                                  "(the clients will ask again)", len(batch))
+                    continue
+                self.counters.commits += 1
+                self.counters.committed += len(batch)
+                self.counters.batches = [*self.counters.batches[-63:], len(batch)]
+                self.counters.replies_waiting -= len(batch)
+                for _, data, destination in batch:
+                    if data is not None and destination is not None:
+                        self.listener.send(data, destination)
+        finally:
+            self._committing = False
+
+    # -- what the command line changed ---------------------------------------------------------
+
+    def _sync_external(self, now: float) -> None:
+        """Apply `netpost leases release` (a row released by someone else) to the engine."""
+        tick = time.monotonic()
+        if tick - self._synced < SYNC_INTERVAL:
+            return
+        self._synced = tick
+        try:
+            changed, self._serial = self.leases.leases_changed_since(self._serial)
+        except Exception:
+            log.exception("dhcp: cannot read lease changes")
+            return
+        for lease in changed:
+            if lease.state != "released" or lease.family != 4:
+                continue
+            binding = self.engine.binding(IPv4Address(lease.address))
+            if binding is not None and binding.state is BindingState.BOUND and \
+                    binding.starts == lease.starts and \
+                    self.engine.external_release(IPv4Address(lease.address), lease.client, now):
+                log.info("dhcp: lease of %s (%s) released by the administrator", lease.address,
+                         describe_key(lease.client))
+
+    # -- the trace -----------------------------------------------------------------------------
+
+    def describe(self, data: bytes, direction: str) -> str:
+        return summary(data)
+
+
+def load_records(leases: Leases) -> Sequence[LeaseRecord]:
+    return [to_record(lease) for lease in leases.load_leases(4)]
