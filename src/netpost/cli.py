@@ -17,7 +17,7 @@ from netpost.config import ConfigError, load, render_default, set_listen
 from netpost.mail import address as names
 from netpost.progress import ProgressBar
 from netpost.registry import default_registry
-from netpost.store.interfaces import Account, AdminStores, Mailbox, Stores
+from netpost.store.interfaces import Account, AdminStores, Lease, Mailbox, Stores
 
 CONFIG_NAME = "netpost.toml"
 
@@ -94,7 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for item in args.listen:
         name, sep, value = item.partition("=")
         if not sep:
-            raise CLIError(f"--listen {item!r}: expected NAME=HOST:PORT or NAME=off")
+            raise CLIError(f"--listen {item!r}: expected NAME=HOST:PORT, NAME=off or "
+                           "dhcp=IFACE")
         set_listen(listen, name.strip(), value.strip())
     cfg = replace(cfg, listen=listen)
     if args.trace:
@@ -610,6 +611,58 @@ def cmd_share(args: argparse.Namespace) -> int:
         return 0
 
 
+def _lease_state(lease: Lease, now: float) -> str:
+    """What a lease is now: a bound lease past its expiry is expired (its address is free)."""
+    if lease.state == "bound" and lease.expires <= now:
+        return "expired"
+    if lease.state == "declined" and lease.expires <= now:
+        return "free"  # the quarantine is over
+    return lease.state
+
+
+def cmd_leases(args: argparse.Namespace) -> int:
+    """DHCP leases: who has which address until when."""
+    import time
+
+    from netpost.dhcp.packet import describe_key
+
+    now = time.time()
+    with _store(args) as stores:
+        leases = stores.leases
+        if args.action == "list":
+            listed = [x for x in leases.list_leases()
+                      if args.all or _lease_state(x, now) in ("bound", "declined")]
+            if not listed:
+                print("no active leases" + ("" if args.all else
+                                           " ('netpost leases list --all' shows past ones)"))
+                return 0
+            for x in listed:
+                client = x.hardware or describe_key(x.client)
+                print(f"{x.address:<16} {_lease_state(x, now):<9} {client:<18} "
+                      f"until {_when(x.expires)}  {x.hostname}")
+            return 0
+        if args.address is None:
+            raise CLIError(f"leases {args.action} needs an ADDRESS (see 'netpost leases list')")
+        lease = leases.get_lease(args.address)
+        if lease is None:
+            raise CLIError(f"no lease of {args.address}")
+        if args.action == "show":
+            print(f"address:  {lease.address}\nstate:    {_lease_state(lease, now)}"
+                  f"\nclient:   {describe_key(lease.client)}"
+                  + (f" (IAID {lease.iaid})" if lease.iaid is not None else "")
+                  + f"\nhardware: {lease.hardware or '-'}\nhostname: {lease.hostname or '-'}"
+                  f"\nsubnet:   {lease.subnet or '-'}\nstarts:   {_when(lease.starts)}"
+                  f"\nexpires:  {_when(lease.expires)}\nrelay:    {lease.relay or '-'}")
+            return 0
+        if _lease_state(lease, now) != "bound":
+            raise CLIError(f"the lease of {lease.address} is {_lease_state(lease, now)}, not "
+                           "bound: nothing to release")
+        leases.release_lease(lease.address, now)
+        print(f"released {lease.address}: a running server gives it to others from now on; "
+              "the client keeps using it until it renews (and is then refused)")
+        return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from netpost.net.trace import follow
 
@@ -643,7 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run every service; prints where each listens.")
     s.add_argument("--config", metavar="FILE", help="config file (default DATA/netpost.toml)")
     s.add_argument("--listen", action="append", default=[], metavar="NAME=HOST:PORT",
-                   help="override a listener's address, or NAME=off; repeatable "
+                   help="override a listener's address, or NAME=off, or dhcp=IFACE (serve "
+                        "DHCP on that network interface); repeatable "
                         f"(names: {', '.join(default_registry().listener_names())})")
     s.add_argument("--trace", action="store_true", help="trace every session (see 'trace')")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -758,6 +812,18 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--expires", type=float, metavar="DAYS",
                     help="add: the URL stops working after this many days (410 Gone)")
     sh.set_defaults(func=cmd_share)
+
+    le = sub.add_parser("leases", help="DHCP leases: list, show, release",
+                        description="The addresses the DHCP server has given out. list: "
+                                    "active leases (--all: released, expired and declined "
+                                    "ones too) with client, expiry and hostname; show "
+                                    "ADDRESS: everything known of one; release ADDRESS: end "
+                                    "a lease now (the running server sees it within a second "
+                                    "and NAKs the client's next renewal).")
+    le.add_argument("action", choices=["list", "show", "release"])
+    le.add_argument("address", nargs="?", metavar="ADDRESS", help="e.g. 10.99.0.147")
+    le.add_argument("--all", action="store_true", help="list: past leases too")
+    le.set_defaults(func=cmd_leases)
 
     t = sub.add_parser("trace", help="follow the protocol trace live",
                        description="Print protocol trace lines as sessions talk.")

@@ -241,3 +241,14 @@ def test_circuit_limit() -> None:
                                     o54=SERVER.packed), LINK, T0)
         assert out is not None and out.reply is not None
         assert out.reply.message_type is expect
+
+
+def test_administrator_release_ends_the_binding() -> None:
+    engine = DHCPEngine(subnets())
+    ack = dora(engine, 1)
+    assert ack.lease is not None
+    assert engine.external_release(ack.lease.address, ack.lease.client, T0 + 5)
+    renew = engine.handle(msg(MessageType.REQUEST, 1, ciaddr=str(ack.lease.address)), LINK,
+                          T0 + 10)
+    assert renew is not None and renew.reply is not None
+    assert renew.reply.message_type is MessageType.NAK

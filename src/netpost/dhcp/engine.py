@@ -240,13 +240,14 @@ class DHCPEngine:
         return list(self.by_address.values())
 
     def external_release(self, address: IPv4Address, client: bytes, now: float) -> bool:
-        """An administrator released the lease in the store (`netpost leases release`)."""
+        """An administrator ended the lease (`netpost leases release`): the address returns
+        to the pool and no longer belongs to the client, whose next renewal gets a NAK."""
         binding = self.by_address.get(int(address))
         if binding is None or binding.client != client or binding.state is not BindingState.BOUND:
             return False
-        self._circuit_done(binding)
-        binding.state = BindingState.RELEASED
-        binding.expires = now
+        self._forget(binding)
+        self._place(Binding(binding.address, b"", BindingState.RELEASED, binding.starts, now,
+                            binding.subnet))
         return True
 
     # -- the entry point ---------------------------------------------------------------------

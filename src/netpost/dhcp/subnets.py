@@ -135,8 +135,8 @@ def parse_subnet(table: Mapping[str, Any], lease_time: int) -> Subnet:
     try:
         ranges = tuple(_range(p, network) for p in _strings(table, "pools"))
         lease = _number(table, "lease_time", lease_time)
-        if lease < 60:
-            raise ValueError("lease_time: at least 60 seconds")
+        if lease < 10:
+            raise ValueError("lease_time: at least 10 seconds")
         t1 = _number(table, "renewal_time", lease // 2)
         t2 = _number(table, "rebinding_time", lease * 7 // 8)
         if not 0 < t1 < t2 < lease:
