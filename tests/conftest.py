@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 LISTENER_NAMES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "ftp",
-                  "ftps", "sftp", "http")
+                  "ftps", "sftp", "http", "ntp", "nts-ke")
 DOMAIN = "example.test"
 PASSWORD = "correct horse battery"
 
@@ -88,7 +88,7 @@ def start_server(data: Path, config: str = CONFIG, extra: tuple[str, ...] = (),
         server.output.append(line)
         parts = line.split()
         if len(parts) >= 3 and parts[0] == "listening":
-            server.ports[parts[1]] = int(parts[2].rpartition(":")[2])
+            server.ports[parts[1]] = int(parts[2].rpartition(":")[2].removesuffix("/udp"))
         if line.strip() == "ready":
             break
     else:

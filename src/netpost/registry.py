@@ -39,6 +39,7 @@ BUILTIN: tuple[str, ...] = (
     "netpost.sftp.service",
     "netpost.web.service",
     "netpost.dhcp.service",
+    "netpost.ntp.service",
 )
 
 # The trace name of outbound SMTP sessions (the relay's), beside the listeners' names.
