@@ -7,13 +7,16 @@
 # debconf answer "No configuration" so no system instance is set up.
 # lftp is an FTP/FTPS client of the file-transfer tests; openssh-client (sftp, ssh-keygen) and
 # sshpass (the password login) drive the SFTP tests.
+# chrony (chronyd -Q, chronyd + chronyc as a monitoring client, NTS) and ntpsec-ntpdig (ntpdig,
+# run on port 123 inside a network namespace, hence iproute2) are the NTP tests' clients (on a
+# machine with systemd the chrony package replaces systemd-timesyncd as the OS time service).
 # Also the build dependencies of Dovecot's imaptest, which tests/interop/imaptest_tool.py builds
 # from shared/tools/ into ~/.cache/netpost-tools (imaptest itself is not packaged in Debian).
 set -eu
-CLIENTS="knot postfix swaks libnet-ssleay-perl curl msmtp mutt neomutt isync offlineimap3 fetchmail getmail6 mpop openssl dovecot-core lftp openssh-client sshpass"
+CLIENTS="knot postfix swaks libnet-ssleay-perl curl msmtp mutt neomutt isync offlineimap3 fetchmail getmail6 mpop openssl dovecot-core lftp openssh-client sshpass chrony ntpsec-ntpdig iproute2"
 IMAPTEST_BUILD="dovecot-dev build-essential autoconf automake libtool pkg-config libssl-dev zlib1g-dev"
 PACKAGES="$CLIENTS $IMAPTEST_BUILD"
-TOOLS="knotd knotc postfix postconf smtp-sink swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl doveadm lftp sftp ssh-keygen sshpass"
+TOOLS="knotd knotc postfix postconf smtp-sink swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl doveadm lftp sftp ssh-keygen sshpass chronyd chronyc ntpdig ip"
 BUILD_TOOLS="autoreconf automake libtoolize pkg-config make cc"
 missing=""
 for t in $TOOLS $BUILD_TOOLS; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
