@@ -10,13 +10,18 @@
 # chrony (chronyd -Q, chronyd + chronyc as a monitoring client, NTS) and ntpsec-ntpdig (ntpdig,
 # run on port 123 inside a network namespace, hence iproute2) are the NTP tests' clients (on a
 # machine with systemd the chrony package replaces systemd-timesyncd as the OS time service).
+# The DHCP tests run real clients in network namespaces (iproute2): isc-dhcp-client (dhclient),
+# udhcpc (busybox), dhcpcd-base, dhcping and nmap; bench/dhcp_perf.py needs perfdhcp
+# (kea-admin) and Kea itself (kea-dhcp4-server, started by the bench, never as a service).
 # Also the build dependencies of Dovecot's imaptest, which tests/interop/imaptest_tool.py builds
 # from shared/tools/ into ~/.cache/netpost-tools (imaptest itself is not packaged in Debian).
 set -eu
 CLIENTS="knot postfix swaks libnet-ssleay-perl curl msmtp mutt neomutt isync offlineimap3 fetchmail getmail6 mpop openssl dovecot-core lftp openssh-client sshpass chrony ntpsec-ntpdig iproute2"
+DHCP="isc-dhcp-client udhcpc dhcpcd-base dhcping nmap kea-admin kea-dhcp4-server"
 IMAPTEST_BUILD="dovecot-dev build-essential autoconf automake libtool pkg-config libssl-dev zlib1g-dev"
-PACKAGES="$CLIENTS $IMAPTEST_BUILD"
+PACKAGES="$CLIENTS $DHCP $IMAPTEST_BUILD"
 TOOLS="knotd knotc postfix postconf smtp-sink swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl doveadm lftp sftp ssh-keygen sshpass chronyd chronyc ntpdig ip"
+TOOLS="$TOOLS dhclient udhcpc dhcpcd dhcping nmap perfdhcp kea-dhcp4"
 BUILD_TOOLS="autoreconf automake libtoolize pkg-config make cc"
 missing=""
 for t in $TOOLS $BUILD_TOOLS; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
@@ -33,6 +38,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null
+    # The bench starts Kea with its own config; a system Kea must not serve any network.
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now kea-dhcp4-server >/dev/null 2>&1 || true
+    fi
 else
     echo "missing interop clients / imaptest build deps:$missing"
     echo "  install them with: sudo apt-get install $PACKAGES"
