@@ -445,6 +445,8 @@ class FileTree:
             os.close(fd)
             _unlink_quietly(temp)
             raise _error(exc, vpath) from None
+        if st is not None and st.st_size >= _RELEASE_OLD:
+            _release_cache(real)
         upload = Upload(self, vpath, real, file, temp=temp, base=0, created=False)
         # An overwrite may use the space the old file will free (never a charge).
         self._charge(upload, -(st.st_size if st is not None else 0))
@@ -614,6 +616,29 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+_RELEASE_OLD = 1 << 20  # octets: below this an old version's cache is left alone
+
+
+def _release_cache(real: str) -> None:
+    """A STOR over an existing file: the old version's page cache goes now, not at commit.
+
+    It is unreachable once the upload commits, and its memory is what the new version's pages
+    are best made of: freed pages are reused while they are warm, which (on a virtual machine
+    whose host takes idle guest memory back) is several times faster than growing the cache
+    into memory not touched for a while.  A reader of the old version meanwhile reads it from
+    the disk instead; nothing else changes."""
+    try:
+        fd = os.open(real, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class Upload:
