@@ -37,7 +37,7 @@ def _ip(*args: str) -> None:
 
 
 class NamespacePair:
-    def __init__(self, tag: str = "np") -> None:
+    def __init__(self, tag: str = "np", prefix: int = 24) -> None:
         if os.geteuid() != 0:
             raise NamespaceError("network namespaces need root (the DHCP tests run as root)")
         if shutil.which("ip") is None:
@@ -48,6 +48,7 @@ class NamespacePair:
         # interface names: at most 15 octets
         self.server_if = f"vs{os.getpid() % 100000}x{next(_counter)}"[:15]
         self.client_if = f"vc{self.server_if[2:]}"[:15]
+        self.prefix = prefix  # of the server's address (the bench uses a /16 for big pools)
         self._made: list[str] = []
 
     # -- set-up and tear-down --------------------------------------------------------------
@@ -79,7 +80,8 @@ class NamespacePair:
         _ip("link", "set", self.client_if, "netns", self.client_ns)
         for ns in (self.server_ns, self.client_ns):
             _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", self.server_ns, "addr", "add", f"{SERVER_ADDRESS}/24", "dev", self.server_if)
+        _ip("-n", self.server_ns, "addr", "add", f"{SERVER_ADDRESS}/{self.prefix}", "dev",
+            self.server_if)
         _ip("-n", self.server_ns, "link", "set", self.server_if, "up")
         _ip("-n", self.client_ns, "link", "set", self.client_if, "up")
 

@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""DHCPv4 under perfdhcp: netpost vs Kea, full DORA with durable leases, in one run.
+
+usage: bench/dhcp_perf.py [--runs 3] [--period 5] [--clients 20000]
+           [--rates 1000,2000,...] [--servers netpost,kea] [--mode relay|broadcast] [--keep]
+
+Issue 9's target: netpost's leases/s at < 1 % drops >= 1.0x Kea's, both measured here.
+
+Network: a pair of network namespaces made for the run (tests/support/netns.py), joined by a
+veth link; the server end has 10.99.0.1/16, perfdhcp's end 10.99.0.2/16 (perfdhcp needs an
+address on its interface).  Nothing leaves the namespaces; both are removed at exit.
+
+The client (the same for both): perfdhcp from Debian's kea-admin, `perfdhcp -4 -r RATE -R
+CLIENTS -p PERIOD -W 500000 10.99.0.1` (--mode relay, the default: unicast to the server with
+giaddr = 10.99.0.2, replies to the relay port 67) or `perfdhcp -4 -B -l IF -r ...`
+(--mode broadcast: broadcast like real clients, broadcast flag set).  Each exchange is a full
+DORA; CLIENTS distinct MACs (the pool holds 64,000 addresses, more than CLIENTS).
+A point is one perfdhcp invocation at one rate; its figure is perfdhcp's "Rate: N 4-way
+exchanges/second", and it counts when both DISCOVER-OFFER and REQUEST-ACK lose < 1 %.
+A run, per server (order rotating between runs): start the server fresh (new data dir /
+lease file), then try the rates upwards; the run's figure is the best rate that kept
+< 1 % drops (the first rate that fails ends the climb).  Median over runs.
+
+The servers, each inside the server namespace:
+  netpost  `netpost serve --listen dhcp=IF`, every other listener off, [dhcp] with the pool
+           below and the per-client / per-relay limits raised out of the way (perfdhcp sends
+           from one relay and reuses MACs); leases in DATA/netpost.db, each batch of ACKs
+           committed (SQLite WAL, synchronous=FULL: fsync'd) before the ACKs go.
+  kea      Debian's kea-dhcp4-server, `kea-dhcp4 -c CONF` with its own config in
+           $BENCH_ROOT/dhcp-bench/kea (never the system service): the same pool and lease
+           time, memfile lease database (persist, its own CSV file, lfc off), raw sockets
+           (Kea's default), logging at WARN to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from benchlib import (  # noqa: E402
+    BENCH_ROOT,
+    append_jsonl,
+    listener_names,
+    median,
+    mmm,
+    netpost_cmd,
+    note,
+    on_exit,
+    ratio_line,
+    results_dir,
+    table,
+    versions,
+)
+
+from tests.support.netns import SERVER_ADDRESS, NamespacePair  # noqa: E402
+
+CLIENT_ADDRESS = "10.99.0.2"
+NETWORK = "10.99.0.0/16"
+POOL = ("10.99.1.0", "10.99.250.255")
+LEASE_TIME = 3600
+DEFAULT_RATES = "1000,2000,3000,4000,5000,6000,8000,10000,12000,14000,16000"
+
+NETPOST_TOML = f"""
+[dhcp]
+lease_time = {LEASE_TIME}
+# perfdhcp sends everything through one relay and reuses its MACs: limits out of the way
+client_rate = 1000000.0
+client_burst = 1000000
+relay_rate = 1000000.0
+relay_burst = 1000000
+
+[[dhcp.subnets]]
+network = "{NETWORK}"
+pools = ["{POOL[0]}-{POOL[1]}"]
+router = "{SERVER_ADDRESS}"
+dns_servers = ["{SERVER_ADDRESS}"]
+"""
+
+
+def kea_config(interface: str, leases: Path, log: Path) -> dict[str, object]:
+    return {"Dhcp4": {
+        "interfaces-config": {"interfaces": [interface]},
+        "lease-database": {"type": "memfile", "persist": True, "name": str(leases),
+                           "lfc-interval": 0},
+        "valid-lifetime": LEASE_TIME, "renew-timer": LEASE_TIME // 2,
+        "rebind-timer": LEASE_TIME * 7 // 8,
+        "subnet4": [{"id": 1, "subnet": NETWORK,
+                     "pools": [{"pool": f"{POOL[0]} - {POOL[1]}"}],
+                     "option-data": [{"name": "routers", "data": SERVER_ADDRESS},
+                                     {"name": "domain-name-servers", "data": SERVER_ADDRESS}]}],
+        "loggers": [{"name": "kea-dhcp4", "severity": "WARN",
+                     "output_options": [{"output": str(log)}]}],
+    }}
+
+
+class Server:
+    name = ""
+
+    def __init__(self, net: NamespacePair, root: Path) -> None:
+        self.net = net
+        self.root = root
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def _wait_listening(self, log: Path) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {log.read_text()[-1500:]}")
+            if ":67 " in self.net.server("ss", "-uln").stdout:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not listen on 67 in 60 s; see {log}")
+
+
+class NetpostDHCP(Server):
+    name = "netpost"
+
+    def start(self) -> None:
+        data = self.root / "netpost-data"
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+        (data / "netpost.toml").write_text(NETPOST_TOML)
+        args: list[str] = []
+        for name in listener_names():
+            args += ["--listen", f"dhcp={self.net.server_if}" if name == "dhcp"
+                     else f"{name}=off"]
+        cmd, env = netpost_cmd()
+        log = self.root / "netpost.log"
+        self.proc = subprocess.Popen(self.net.in_server([*cmd, "--data", str(data), "serve",
+                                                         *args]),
+                                     stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 60
+        while "\nready" not in log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"netpost did not start: {log.read_text()[-1500:]}")
+            time.sleep(0.05)
+
+
+class KeaDHCP(Server):
+    name = "kea"
+
+    def start(self) -> None:
+        kea = self.root / "kea"
+        shutil.rmtree(kea, ignore_errors=True)
+        kea.mkdir(parents=True)
+        conf = kea / "kea-dhcp4.conf"
+        log = kea / "kea.log"
+        conf.write_text(json.dumps(kea_config(self.net.server_if, kea / "leases4.csv", log),
+                                   indent=1))
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KEA_PIDFILE_DIR": str(kea),
+               "KEA_LOCKFILE_DIR": str(kea)}
+        self.proc = subprocess.Popen(self.net.in_server(["kea-dhcp4", "-c", str(conf)]),
+                                     stdout=(kea / "stdout.log").open("w"),
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env)
+        self._wait_listening(kea / "stdout.log")
+
+
+def parse_perfdhcp(out: str) -> dict[str, float]:
+    """Rate and the drops ratios of perfdhcp's report."""
+    figures: dict[str, float] = {}
+    rate = re.search(r"Rate: ([\d.]+) 4-way exchanges/second", out)
+    figures["rate"] = float(rate.group(1)) if rate else 0.0
+    for exchange in ("DISCOVER-OFFER", "REQUEST-ACK"):
+        block = out.partition(f"Statistics for: {exchange}")[2]
+        drops = re.search(r"drops ratio: ([\d.]+) %", block)
+        sent = re.search(r"sent packets: (\d+)", block)
+        figures[exchange] = float(drops.group(1)) if drops else 100.0
+        figures[exchange + " sent"] = float(sent.group(1)) if sent else 0.0
+    return figures
+
+
+def perfdhcp(net: NamespacePair, mode: str, rate: int, clients: int, period: int,
+             log: Path) -> dict[str, float]:
+    if mode == "relay":
+        argv = ["perfdhcp", "-4", "-r", str(rate), "-R", str(clients), "-p", str(period),
+                "-W", "500000", SERVER_ADDRESS]
+    else:
+        argv = ["perfdhcp", "-4", "-B", "-l", net.client_if, "-r", str(rate), "-R",
+                str(clients), "-p", str(period), "-W", "500000"]
+    result = net.client(*argv, timeout=period + 60)
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(argv)}\n{result.stdout}\n{result.stderr}\n")
+    return parse_perfdhcp(result.stdout)
+
+
+def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.Namespace,
+          out: Path) -> tuple[float, list[dict[str, float]]]:
+    server.start()
+    points: list[dict[str, float]] = []
+    best = 0.0
+    try:
+        for rate in rates:
+            figures = perfdhcp(net, args.mode, rate, args.clients, args.period,
+                               out / f"perfdhcp-{server.name}.log")
+            figures["asked"] = rate
+            points.append(figures)
+            ok = figures["DISCOVER-OFFER"] < 1.0 and figures["REQUEST-ACK"] < 1.0
+            note(f"  {server.name:<8} {rate:>6}/s asked: {figures['rate']:>9,.0f} DORA/s, "
+                 f"drops {figures['DISCOVER-OFFER']:.2f} % / {figures['REQUEST-ACK']:.2f} %"
+                 + ("" if ok else "  <- over 1 %"))
+            if not ok:
+                break
+            best = max(best, figures["rate"])
+    finally:
+        server.stop()
+    return best, points
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--period", type=int, default=5, help="seconds per rate")
+    p.add_argument("--clients", type=int, default=20000, help="perfdhcp -R: distinct MACs")
+    p.add_argument("--rates", default=DEFAULT_RATES)
+    p.add_argument("--servers", default="netpost,kea")
+    p.add_argument("--mode", choices=["relay", "broadcast"], default="relay")
+    args = p.parse_args()
+    for tool in ("perfdhcp", "kea-dhcp4", "ip"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install kea-admin kea-dhcp4-server "
+                             "iproute2 (scripts/install-test-deps.sh)")
+    rates = [int(r) for r in args.rates.split(",")]
+    names = args.servers.split(",")
+    out = results_dir("dhcp")
+    root = BENCH_ROOT / "dhcp-bench"
+    root.mkdir(parents=True, exist_ok=True)
+    net = NamespacePair("db", prefix=16)
+    net.up()
+    on_exit(net.down)
+    net.client("ip", "addr", "add", f"{CLIENT_ADDRESS}/16", "dev", net.client_if)
+    servers: dict[str, Server] = {"netpost": NetpostDHCP(net, root), "kea": KeaDHCP(net, root)}
+    v = versions()
+    v["kea"] = subprocess.run(["kea-dhcp4", "-v"], capture_output=True, text=True).stdout.strip()
+    v["perfdhcp"] = "kea-admin " + subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", "kea-admin"], capture_output=True,
+        text=True).stdout.strip()
+    note(f"versions: {v}")
+    best: dict[str, list[float]] = {n: [] for n in names}
+    for run in range(args.runs):
+        order = names[run % len(names):] + names[:run % len(names)]
+        for name in order:
+            note(f"run {run + 1}/{args.runs}: {name}")
+            figure, points = climb(net, servers[name], rates, args, out)
+            best[name].append(figure)
+            append_jsonl(out / "runs.jsonl", {"run": run, "server": name, "best": figure,
+                                              "points": points, "mode": args.mode})
+    rows = [["server", "DORA/s at < 1 % drops: median [min–max]", "runs"]]
+    for name in names:
+        rows.append([name, mmm(best[name]), ", ".join(f"{b:,.0f}" for b in best[name])])
+    print(table(rows))
+    if "netpost" in best and "kea" in best:
+        line, _ = ratio_line("netpost / Kea", median(best["netpost"]), median(best["kea"]), 1.0)
+        print(line)
+    print(f"versions: {json.dumps(v)}")
+    print(f"logs and points: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
