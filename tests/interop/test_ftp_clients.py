@@ -253,18 +253,20 @@ def get(ftp: ftplib.FTP, name: str, rest: int | None = None) -> bytes:
 
 
 def refused(ftp: ftplib.FTP, action: Callable[[], Any]) -> str:
-    """Run a transfer the server is expected to refuse; its final (5xx) reply.  The data
-    connection may break under the client first, then the reply waits on the control one."""
+    """Run a transfer the server is expected to refuse; its final (4xx or 5xx) reply.  The
+    data connection may break under the client first, then the reply waits on the control
+    one."""
     try:
         action()
-    except ftplib.error_perm as exc:
+    except (ftplib.error_perm, ftplib.error_temp) as exc:
         return str(exc)
     except (OSError, EOFError):
         try:
             ftp.getresp()
-        except ftplib.error_perm as exc:
+        except (ftplib.error_perm, ftplib.error_temp) as exc:
             return str(exc)
-        raise AssertionError("the server's reply after a broken transfer was not 5xx") from None
+        raise AssertionError("the server's reply after a broken transfer was not an "
+                             "error") from None
     raise AssertionError("the server did not refuse the transfer")
 
 
@@ -783,6 +785,26 @@ def test_ftplib_quota_552(quota_server: Server) -> None:
         ftp.delete("fits.bin")
         put(ftp, "now-fits.bin", os.urandom(90_000))
         assert ftp.voidcmd("NOOP").startswith("200")
+
+
+def test_full_disk_is_452_and_leaves_nothing(plain_server: Server) -> None:
+    # RFC 959 4.2: 452 "insufficient storage space in system" when the disk itself is full
+    # (552 is the account's allocation, above).  CAROL's tree is a 1 MiB tmpfs here.
+    if os.geteuid() != 0:
+        raise RuntimeError("this test mounts a small tmpfs: run the suite as root (CI does)")
+    tree = on_disk(plain_server, CAROL)
+    tree.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "netpost-full", str(tree)],
+                   check=True)
+    try:
+        with ftp_plain(plain_server, CAROL) as ftp:
+            reply = refused(ftp, lambda: put(ftp, "big.bin", os.urandom(3_000_000)))
+            assert reply.startswith("452"), reply
+            assert [p.name for p in tree.iterdir()] == []  # no half file, no temporary
+            assert put(ftp, "small.bin", b"fits").startswith("226")
+        assert (tree / "small.bin").read_bytes() == b"fits"
+    finally:
+        subprocess.run(["umount", "-l", str(tree)], check=False)
 
 
 # ================================================================================================

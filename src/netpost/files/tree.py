@@ -74,6 +74,11 @@ class QuotaExceeded(TreeError):
     """The account's quota (or the disk) is full (FTP 552)."""
 
 
+class NoSpace(QuotaExceeded):
+    """The file system itself is full (FTP 452: "insufficient storage space in system",
+    RFC 959 4.2), as opposed to the account's allocation (552)."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One file or directory as a listing shows it."""
@@ -108,8 +113,10 @@ def _error(exc: OSError, vpath: str) -> TreeError:
     code = exc.errno
     if code in (errno.ENOENT, errno.ENOTDIR):
         return NotFound(f"{vpath}: no such file or directory")
-    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return QuotaExceeded(f"{vpath}: no space left")
+    if code == errno.ENOSPC:
+        return NoSpace(f"{vpath}: no space left on the server's disk")
+    if code == getattr(errno, "EDQUOT", None):
+        return QuotaExceeded(f"{vpath}: disk quota exceeded")
     reasons = {
         errno.EEXIST: "file exists",
         errno.ENOTEMPTY: "directory not empty",

@@ -23,6 +23,7 @@ from netpost.auth.service import Authenticator
 from netpost.files.reads import pread
 from netpost.files.tree import (
     FileTree,
+    NoSpace,
     NotAllowed,
     NotFound,
     QuotaExceeded,
@@ -325,7 +326,7 @@ class FTPSession(Session):
         except TransferFailed as exc:
             code, text = exc.code, exc.text
         except QuotaExceeded as exc:
-            code, text = 552, f"Quota exceeded: {exc}"
+            code, text = _tree_reply(exc)
         except TreeError as exc:
             code, text = _tree_reply(exc)
         except Truncated:
@@ -548,6 +549,8 @@ class FTPSession(Session):
 
 
 def _tree_reply(exc: TreeError) -> tuple[int, str]:
+    if isinstance(exc, NoSpace):
+        return 452, f"Insufficient storage space: {exc}"  # RFC 959 4.2
     if isinstance(exc, QuotaExceeded):
         return 552, f"Quota exceeded: {exc}"
     text = str(exc)

@@ -3,8 +3,8 @@
 
 uvicorn has no zero-copy path for ASGI (neither the `http.response.zerocopy` nor the
 `http.response.pathsend` extension), so each piece is read with pread(2) (from the page cache
-on the loop, a miss in a worker: files/reads.py) and handed to the server, which waits for the socket to drain before taking the next
-(flow control): memory per download stays at one piece.
+on the loop, a miss in a worker: files/reads.py) and handed to the server, which waits for the
+socket to drain before taking the next (flow control): memory per download stays at one piece.
 """
 
 from __future__ import annotations
