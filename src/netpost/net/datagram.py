@@ -6,6 +6,10 @@ handler can answer many with one piece of work (one group commit for a batch of 
 A handler answers with `listener.send`; work that must wait (a store commit before a DHCP ACK)
 goes in `listener.spawn`, whose tasks the supervisor lets finish on shutdown.
 
+A handler that sets `kernel_timestamps` (NTP) gets a listener that reads its socket itself:
+every datagram waiting is taken per wake-up with recvmsg, each with the kernel's arrival time
+(SO_TIMESTAMPNS) as `Datagram.received`, and answers go straight out with sendto.
+
 A source (IP address; IPv6 by /64) that sends faster than `rate` datagrams per second, after
 a burst of `burst`, has the excess dropped and counted: a UDP server must never be an
 amplifier, and a flood must not starve other clients.  Malformed input is the handler's to
@@ -16,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import socket
+import struct
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
@@ -34,6 +41,12 @@ MAX_BATCH = 256  # datagrams per `receive` call
 MAX_TASKS = 1024  # spawned tasks in flight; more are refused
 MAX_SOURCES = 100_000  # rate-limit buckets kept
 RECEIVE_BUFFER = 4 * 1024 * 1024  # SO_RCVBUF of link sockets (the kernel caps it at rmem_max)
+READ_SIZE = 4096  # largest datagram a timestamping listener takes (longer ones are dropped)
+# Linux's SO_TIMESTAMPNS (= SCM_TIMESTAMPNS; Python's socket module does not name it): 35 in
+# asm-generic/socket.h, which x86-64 and arm64 use; a struct timespec of two longs on 64-bit.
+SO_TIMESTAMPNS = 35 if sys.platform == "linux" and platform.machine() in (
+    "x86_64", "aarch64", "arm64") else None
+_TIMESPEC = struct.Struct("@qq")
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,11 @@ class DatagramHandler(ABC):
     source_rate_limited: bool = True
     # True for a protocol that answers to 255.255.255.255 (SO_BROADCAST; DHCP, RFC 2131 4.1).
     sends_broadcast: bool = False
+    # True for a protocol that needs each datagram's arrival time as exactly as it can be had
+    # (NTP's receive timestamp): the listener then reads the socket itself, every waiting
+    # datagram per wake-up, with the kernel's receive timestamp (SO_TIMESTAMPNS) where Linux
+    # offers it.
+    kernel_timestamps: bool = False
 
     def __init__(self, listener: DatagramListener) -> None:
         self.listener = listener
@@ -102,6 +120,8 @@ class DatagramListener(asyncio.DatagramProtocol):
         self._buckets: dict[str, _Bucket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None  # read by the listener itself (timestamps)
+        self.kernel_timestamps = False  # receive times come from the kernel
         self.handler = factory(self)
 
     # -- the supervisor's side -----------------------------------------------------------------
@@ -109,6 +129,12 @@ class DatagramListener(asyncio.DatagramProtocol):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         addr = self.spec.address
+        if self.handler.kernel_timestamps and addr.interface is None:
+            self._sock = self._timestamping_socket()
+            self._loop.add_reader(self._sock.fileno(), self._read_socket)
+            name = self._sock.getsockname()
+            self.bound = ListenAddress(name[0], name[1])
+            return
         if addr.interface is not None or self.handler.sends_broadcast:
             transport, _ = await self._loop.create_datagram_endpoint(
                 lambda: self, sock=self._link_socket())
@@ -139,6 +165,22 @@ class DatagramListener(asyncio.DatagramProtocol):
             raise
         return sock
 
+    def _timestamping_socket(self) -> socket.socket:
+        addr = self.spec.address
+        family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            if SO_TIMESTAMPNS is not None:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.kernel_timestamps = True
+            sock.bind((addr.host, addr.port))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     @property
     def busy(self) -> bool:
         return bool(self._tasks)
@@ -157,15 +199,32 @@ class DatagramListener(asyncio.DatagramProtocol):
             await asyncio.wait(list(self._tasks), timeout=2)
         if self.transport is not None:
             self.transport.close()
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
 
     # -- the handler's side --------------------------------------------------------------------
 
     def send(self, data: bytes, peer: tuple[str, int]) -> None:
-        if self.transport is None or self.transport.is_closing():
+        sock = self._sock
+        if sock is None and (self.transport is None or self.transport.is_closing()):
             return
         if self.trace is not None:
             self.trace(_peer_text(peer), "S", self.handler.describe(data, "S"))
-        self.transport.sendto(data, peer)
+        if sock is None:
+            self.transport.sendto(data, peer)  # type: ignore[union-attr]
+        else:
+            try:
+                sock.sendto(data, peer)
+            except BlockingIOError:
+                self.stats.overflowed += 1  # the send buffer is full: UDP may drop
+                return
+            except OSError as exc:
+                log.debug("%s: sendto %s: %s", self.spec.name, peer, exc)
+                self.stats.errors += 1
+                return
         self.stats.sent += 1
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> bool:
@@ -188,7 +247,36 @@ class DatagramListener(asyncio.DatagramProtocol):
     # -- asyncio.DatagramProtocol --------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        now = time.time()
+        self._accept(data, addr, time.time())
+
+    def _read_socket(self) -> None:
+        """The socket is readable: take every datagram waiting (up to a batch), each with
+        its kernel receive time, then hand them over together."""
+        sock = self._sock
+        if sock is None:
+            return
+        recvmsg = sock.recvmsg
+        space = socket.CMSG_SPACE(_TIMESPEC.size)
+        for _ in range(MAX_BATCH):
+            try:
+                data, ancillary, flags, addr = recvmsg(READ_SIZE, space)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # an ICMP error from an earlier sendto
+                log.debug("%s: %s", self.spec.name, exc)
+                continue
+            received = None
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                    received = seconds + nanoseconds * 1e-9
+            if flags & socket.MSG_TRUNC:
+                self.stats.received += 1
+                self.stats.dropped += 1  # longer than READ_SIZE: no protocol here sends that
+                continue
+            self._accept(data, addr, time.time() if received is None else received)
+
+    def _accept(self, data: bytes, addr: tuple[str | Any, int], now: float) -> None:
         self.stats.received += 1
         if self.stopping:
             return

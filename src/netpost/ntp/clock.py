@@ -76,6 +76,7 @@ class ServerClock:
         self.local_stratum = local_stratum
         self.precision = measure_precision()
         self._synced: ClockState | None = None
+        self._local: ClockState | None = None
 
     def update(self, state: ClockState | None) -> None:
         """A new selection from the upstream poller; None = no upstream selected."""
@@ -89,5 +90,10 @@ class ServerClock:
         if self._synced is not None:
             return self._synced
         if self.local_stratum:
-            return local_state(self.local_stratum, now)
+            # The local reference is "updated" once a second (as the reference timestamp
+            # says), not made anew for every request.
+            local = self._local
+            if local is None or not 0 <= now - local.reference_time < 1.0:
+                local = self._local = local_state(self.local_stratum, now)
+            return local
         return UNSYNCHRONIZED

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 import time
 from dataclasses import dataclass
 
 from netpost.net.datagram import Datagram, DatagramHandler, DatagramListener
 from netpost.net.session import client_key
 from netpost.ntp import nts
-from netpost.ntp.clock import ServerClock
+from netpost.ntp.clock import ClockState, ServerClock
 from netpost.ntp.keys import KeyStore
 from netpost.ntp.packet import (
+    FRACTION,
+    HEADER,
+    HEADER_SIZE,
+    NTP_UNIX_OFFSET,
     ExtensionType,
     Leap,
     Mode,
@@ -37,6 +42,11 @@ from netpost.ntp.packet import (
     timestamp_from_unix_ns,
 )
 
+# The fields of a 48-octet request the reply needs: LI/VN/Mode, poll, transmit timestamp.
+_PLAIN_REQUEST = struct.Struct("!Bxb37xQ")
+_TIMESTAMPS = struct.Struct("!QQQ")
+_MASK64 = (1 << 64) - 1
+_UNIX_OFFSET_FIXED = NTP_UNIX_OFFSET << 32
 KOD_INTERVAL = 2.0  # seconds between two KoD RATE to one client (RFC 8633 §3.6: limit them)
 MAX_CLIENTS = 100_000  # rate-limit buckets kept; a spoofed-source flood resets them
 
@@ -52,6 +62,10 @@ class NTPStats:
     malformed: int = 0  # did not decode
     control_ignored: int = 0  # mode 6 / 7
     ignored: int = 0  # other modes, NTS that could not even be NAKed, replies too big
+
+
+def _signed8(value: int) -> int:
+    return value - 256 if value > 127 else value
 
 
 class _Client:
@@ -70,6 +84,10 @@ class RateLimit:
 
 
 class NTPHandler(DatagramHandler):
+    # RFC 5905 §8: the receive timestamp is the request's arrival time: the kernel's
+    # (SO_TIMESTAMPNS, net/datagram.py), not the moment Python got to it.
+    kernel_timestamps = True
+
     def __init__(self, listener: DatagramListener, clock: ServerClock, *,
                  rate_limit: RateLimit, keys: KeyStore | None, stats: NTPStats) -> None:
         super().__init__(listener)
@@ -78,6 +96,9 @@ class NTPHandler(DatagramHandler):
         self.keys = keys
         self.stats = stats
         self._clients: dict[str, _Client] = {}
+        self._heads: dict[int, bytes] = {}
+        self._heads_state: ClockState | None = None
+        self._heads_until = 0.0
 
     # -- DatagramHandler ---------------------------------------------------------------------
 
@@ -107,7 +128,10 @@ class NTPHandler(DatagramHandler):
         if not data:
             self._malformed()
             return
-        _, mode = first_octet(data)
+        version, mode = first_octet(data)
+        if mode == Mode.CLIENT and len(data) == HEADER_SIZE and version:
+            self._answer_plain(datagram)  # the common case: no extension fields, no MAC
+            return
         if mode != Mode.CLIENT:
             if mode in (Mode.CONTROL, Mode.PRIVATE):
                 stats.control_ignored += 1
@@ -154,6 +178,53 @@ class NTPHandler(DatagramHandler):
         if admitted == "ok":
             stats.replies += 1
         self.listener.send(reply, datagram.peer)
+
+    def _answer_plain(self, datagram: Datagram) -> None:
+        """A 48-octet client request (any 48 octets decode): answered with one struct.pack,
+        without building packet objects (the path that sets the server's capacity)."""
+        stats = self.stats
+        stats.requests += 1
+        data = datagram.data
+        if self.limit.rate:
+            admitted = self._admit(client_key(datagram.peer[0]), time.monotonic())
+            if admitted != "ok":
+                if admitted == "kod":
+                    self.listener.send(encode_header(self._kod_rate(decode(data))),
+                                       datagram.peer)
+                else:
+                    stats.rate_dropped += 1
+                return
+        first, poll, transmit = _PLAIN_REQUEST.unpack_from(data)
+        received = datagram.received
+        state = self.clock.state(received)
+        key = (first & 0x38) << 8 | (poll & 0xFF)
+        head = self._heads.get(key)
+        if head is None or self._heads_state is not state or received >= self._heads_until:
+            head = self._head(state, first & 0x38, poll, received)
+        # RFC 5905 §7.3: origin = the client's transmit timestamp, then receive and transmit
+        # (64-bit, era folded: the mask keeps the low 32 bits of the seconds).
+        reply = head + _TIMESTAMPS.pack(
+            transmit, int((received + NTP_UNIX_OFFSET) * FRACTION) & _MASK64,
+            ((time.time_ns() << 32) // 1_000_000_000 + _UNIX_OFFSET_FIXED) & _MASK64)
+        stats.replies += 1
+        self.listener.send(reply, datagram.peer)
+
+    def _head(self, state: ClockState, version_bits: int, poll: int, now: float) -> bytes:
+        """The first 24 octets of a reply (all but the three timestamps) for this state,
+        client version and poll: they change only with the state, and the root dispersion's
+        growth (PHI) moves its 16.16 value about once a second, so they are kept a second."""
+        if self._heads_state is not state or now >= self._heads_until:
+            self._heads = {}
+            self._heads_state = state
+            self._heads_until = now + 1.0
+        reference = timestamp_from_unix(state.reference_time) if state.reference_time else 0
+        head = HEADER.pack(
+            state.leap << 6 | version_bits | Mode.SERVER, state.stratum, _signed8(poll),
+            self.clock.precision, short_from_seconds(state.root_delay),
+            short_from_seconds(state.dispersion_at(now)), state.reference_id, reference,
+            0, 0, 0)[:24]
+        self._heads[version_bits << 8 | (poll & 0xFF)] = head
+        return head
 
     def _reply_header(self, request: NTPPacket, received: float) -> NTPPacket:
         """RFC 5905 §9.2 / §7.3: the server's header, transmit time read last."""
