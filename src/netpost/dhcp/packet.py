@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -253,15 +253,17 @@ def option_instances(code: int, value: bytes) -> list[bytes]:
             for i in range(0, len(value), 255)]
 
 
-def _ordered(options: Mapping[int, bytes]) -> Iterable[tuple[int, bytes]]:
+_NOT_WRITTEN = frozenset((Option.PAD, Option.END, Option.OVERLOAD,
+                          Option.RELAY_AGENT_INFORMATION))
+
+
+def _ordered(options: Mapping[int, bytes]) -> list[tuple[int, bytes]]:
     """Options in their order, with relay agent information last (RFC 3046 2.1)."""
+    items = [(code, value) for code, value in options.items() if code not in _NOT_WRITTEN]
     agent = options.get(Option.RELAY_AGENT_INFORMATION)
-    for code, value in options.items():
-        if code not in (Option.PAD, Option.END, Option.OVERLOAD,
-                        Option.RELAY_AGENT_INFORMATION):
-            yield code, value
     if agent is not None:
-        yield Option.RELAY_AGENT_INFORMATION, agent
+        items.append((Option.RELAY_AGENT_INFORMATION, agent))
+    return items
 
 
 def _fill(items: list[tuple[int, bytes]], room: int) -> tuple[bytes, list[tuple[int, bytes]]]:
@@ -288,14 +290,20 @@ def encode(message: Message, max_size: int | None = None) -> bytes:
     """The octets of `message`.  With `max_size` (the client's limit, RFC 2132 9.10, IP and
     UDP headers included) options that do not fit go into `file` and `sname` (overload) when
     those are empty; PacketError if they still do not fit."""
-    items = list(_ordered(message.options))
+    items = _ordered(message.options)
     sname, file = message.sname, message.file
     if len(sname) > SNAME_SIZE or len(file) > FILE_SIZE:
         raise PacketError("sname or file is longer than its field")
     if len(message.chaddr) > 16:
         raise PacketError("chaddr is longer than 16 octets")
-    body = b"".join(piece for code, value in items for piece in option_instances(code, value))
-    body += b"\xff"
+    pieces: list[bytes] = []
+    for code, value in items:
+        if len(value) <= 255:
+            pieces += (bytes((code, len(value))), value)
+        else:
+            pieces += option_instances(code, value)
+    pieces.append(b"\xff")
+    body = b"".join(pieces)
     room = None if max_size is None else max_size - IP_UDP_HEADERS - MIN_SIZE
     if room is not None and len(body) > room:
         overload = 0

@@ -352,8 +352,8 @@ class Leases(Protocol):
         """An administrator ends a lease (`netpost leases release`): "released", expiring
         `now`; the lease before the change, or None if there was none."""
     def leases_changed_since(self, serial: int) -> tuple[list[Lease], int]:
-        """Leases written after change `serial` (0: all) and the serial now: a running
-        server notices what the command line changed."""
+        """Leases an administrator changed (`release_lease`) after change `serial` (0: all
+        such) and the serial now: how a running server notices the command line's changes."""
 
 
 ChangeKind = Literal["append", "expunge", "flags"]

@@ -3,8 +3,9 @@
 One row per address (the primary key), so the store itself refuses to bind an address twice;
 v4 and v6 leases share the table (`family`; v6 rows carry the IA's IAID beside the DUID).
 A batch of leases is one transaction with ``synchronous=FULL``: durable when `commit_leases`
-returns, one fsync for the whole batch.  Every write takes the next `serial` (kept in
-``meta``), which is how a running server finds what `netpost leases release` changed.
+returns, one fsync for the whole batch.  A change by an administrator (`netpost leases
+release`) takes the next `admin_serial` (kept in ``meta``), which is how a running server finds
+it without reading back its own writes.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ CREATE TABLE leases (
     hostname TEXT NOT NULL DEFAULT '',
     subnet TEXT NOT NULL DEFAULT '',
     relay TEXT NOT NULL DEFAULT '',
-    serial INTEGER NOT NULL        -- the write that left it so (meta 'lease_serial')
+    admin_serial INTEGER NOT NULL DEFAULT 0  -- the administrator's change (meta 'lease_serial')
 );
 CREATE INDEX leases_client ON leases(family, client, iaid);
-CREATE INDEX leases_serial ON leases(serial);
+CREATE INDEX leases_admin ON leases(admin_serial) WHERE admin_serial > 0;
 INSERT INTO meta (key, value) VALUES ('lease_serial', 0);
 """
 
@@ -77,14 +78,13 @@ class SQLiteLeases:
         if not leases:
             return
         with self._store._db.write() as conn:
-            serial = self._next_serial(conn)
             conn.executemany(
                 "INSERT OR REPLACE INTO leases (address, family, client, iaid, state, starts, "
-                "expires, hardware, hostname, subnet, relay, serial) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "expires, hardware, hostname, subnet, relay) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(lease.address, lease.family, lease.client, lease.iaid, lease.state,
                   lease.starts, lease.expires, lease.hardware, lease.hostname, lease.subnet,
-                  lease.relay, serial) for lease in leases])
+                  lease.relay) for lease in leases])
 
     def get_lease(self, address: str) -> Lease | None:
         row = self._conn().execute(f"SELECT {_COLUMNS} FROM leases WHERE address = ?",
@@ -108,7 +108,7 @@ class SQLiteLeases:
                 return None
             serial = self._next_serial(conn)
             conn.execute("UPDATE leases SET state = 'released', expires = MIN(expires, ?), "
-                         "serial = ? WHERE address = ?", (now, serial, key))
+                         "admin_serial = ? WHERE address = ?", (now, serial, key))
             return _lease(row)
 
     def leases_changed_since(self, serial: int) -> tuple[list[Lease], int]:
@@ -116,8 +116,8 @@ class SQLiteLeases:
         now = int(conn.execute("SELECT value FROM meta WHERE key = 'lease_serial'").fetchone()[0])
         if now <= serial:
             return [], now
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM leases WHERE serial > ? AND serial <= ?",
-                            (serial, now)).fetchall()
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM leases WHERE admin_serial > ? AND "
+                            "admin_serial <= ?", (serial, now)).fetchall()
         return [_lease(r) for r in rows], now
 
 
