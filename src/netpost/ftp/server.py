@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from netpost.auth.sasl import Credentials
@@ -302,10 +302,7 @@ class FTPSession(Session):
                 assert isinstance(channel, Channel)
                 await self._send_file(channel, handle, event.ascii)
             elif event.verb in ("STOR", "APPE", "STOU"):
-                if isinstance(channel, SocketChannel):
-                    await self._receive_raw(channel, handle)
-                else:
-                    await self._receive_file(channel, handle, event.ascii)
+                await self._receive_file(channel, handle, event.ascii)
                 if event.verb == "STOU":
                     text = f"Transfer complete: stored as {path}"
                 # The upload is whole on disk now: a client that is gone before our end of
@@ -465,7 +462,9 @@ class FTPSession(Session):
         finally:
             loop.remove_writer(fd)
 
-    async def _receive_file(self, channel: Channel, upload: Any, ascii: bool) -> None:
+    async def _receive_file(self, channel: AnyChannel, upload: Any, ascii: bool) -> None:
+        read = self._raw_reader(channel) if isinstance(channel, SocketChannel) \
+            else self._stream_reader(channel)
         pending = b""
         loop = asyncio.get_running_loop()
         limit = self.data_timeout
@@ -475,12 +474,7 @@ class FTPSession(Session):
             async with asyncio.timeout(limit) as deadline:
                 moved = loop.time()
                 while True:
-                    try:
-                        data = await channel.read(CHUNK)
-                    except Truncated:
-                        if self.require_close_notify:
-                            raise
-                        data = b""  # a bare FIN ends the upload, as vsftpd's default
+                    data = await read()
                     now = loop.time()
                     if now - moved > limit / 4:
                         deadline.reschedule(now + limit)
@@ -489,7 +483,7 @@ class FTPSession(Session):
                     if not data:
                         break
                     if ascii:
-                        data, pending = _from_crlf(pending + data)
+                        data, pending = _from_crlf(pending + bytes(data))
                     # Into the page cache on the loop, as event-loop servers do: a worker
                     # thread per piece cost more than the write (fsync is in commit).
                     upload.write(data)
@@ -499,29 +493,31 @@ class FTPSession(Session):
             upload.write(pending)
         await asyncio.to_thread(upload.commit)
 
-    async def _receive_raw(self, channel: SocketChannel, upload: Any) -> None:
-        """A plain binary upload: the socket is read into one buffer that is written to the
-        file from there (the page cache write on the loop, as in `_receive_file`)."""
+    def _raw_reader(self, channel: SocketChannel) -> Callable[[], Awaitable[memoryview]]:
+        """Pieces of a plain upload, read from the socket into one buffer that the file is
+        written from (no copy in between); each piece is valid until the next read."""
         buffer = memoryview(bytearray(CHUNK))
-        loop = asyncio.get_running_loop()
-        limit = self.data_timeout
-        try:
-            async with asyncio.timeout(limit) as deadline:
-                moved = loop.time()
-                while True:
-                    n = await channel.recv_into(buffer)
-                    if not n:
-                        break
-                    upload.write(buffer[:n])
-                    now = loop.time()
-                    if now - moved > limit / 4:
-                        deadline.reschedule(now + limit)
-                        moved = now
-                        self._progress()
-                    await asyncio.sleep(0)  # a fast client must not hold the loop
-        except TimeoutError:
-            raise TransferFailed(426, "Data connection timed out") from None
-        await asyncio.to_thread(upload.commit)
+
+        async def read() -> memoryview:
+            n = await channel.recv_into(buffer)
+            await asyncio.sleep(0)  # a fast client must not hold the loop
+            return buffer[:n]
+
+        return read
+
+    def _stream_reader(self, channel: Channel) -> Callable[[], Awaitable[bytes]]:
+        """Pieces of an upload through the channel's stream (and TLS); a TLS upload cut
+        without close_notify raises Truncated unless `require_close_notify` is off."""
+
+        async def read() -> bytes:
+            try:
+                return await channel.read(CHUNK)
+            except Truncated:
+                if self.require_close_notify:
+                    raise
+                return b""  # a bare FIN ends the upload, as vsftpd's default
+
+        return read
 
     async def _send_listing(self, channel: Channel, verb: str, path: str) -> None:
         tree = self.tree
