@@ -49,6 +49,11 @@ CLIENT_PORT = 68
 # Options sent whether asked for or not (when the subnet has them): what a host needs to use
 # the address at all.  Others go to clients that list them in option 55 (RFC 2131 4.3.1).
 ALWAYS_SENT = (Option.SUBNET_MASK, Option.ROUTER, Option.DNS_SERVERS, Option.DOMAIN_NAME)
+# Options the engine itself writes: a request list naming them takes nothing from the subnet.
+_ENGINE_OPTIONS = frozenset((Option.MESSAGE_TYPE, Option.SERVER_IDENTIFIER, Option.LEASE_TIME,
+                             Option.RENEWAL_TIME, Option.REBINDING_TIME,
+                             Option.CLIENT_IDENTIFIER, Option.RELAY_AGENT_INFORMATION,
+                             Option.MESSAGE))
 
 
 class BindingState(enum.Enum):
@@ -184,6 +189,7 @@ class DHCPEngine:
         self._relays = _Limiter(self.settings.relay_rate, self.settings.relay_burst)
         self._circuits: dict[str, int] = {}
         self._last_alarm: dict[int, float] = {}
+        self._option_cache: dict[tuple[int, bytes, Link], dict[int, bytes]] = {}
         for record in leases:
             self._load(record)
 
@@ -592,7 +598,25 @@ class DHCPEngine:
             scale = lease_time / subnet.lease_time
             options[Option.RENEWAL_TIME] = u32(int(subnet.renewal_time * scale))
             options[Option.REBINDING_TIME] = u32(int(subnet.rebinding_time * scale))
-        wanted = message.parameter_request_list
+        options.update(self._subnet_options(subnet, message.parameter_request_list, link))
+        client_id = message.client_identifier
+        if client_id is not None:
+            options[Option.CLIENT_IDENTIFIER] = client_id  # RFC 6842: echo it back
+        self._echo_agent(message, options)
+        self._count_sent(kind)
+        return Message(op=BOOTREPLY, xid=message.xid, chaddr=message.chaddr,
+                       htype=message.htype, flags=message.flags,
+                       ciaddr=message.ciaddr if kind is MessageType.ACK else ZERO,
+                       yiaddr=yiaddr, giaddr=message.giaddr, options=options)
+
+    def _subnet_options(self, subnet: Subnet, wanted: bytes, link: Link) -> dict[int, bytes]:
+        """The subnet's options for a client asking for `wanted` (option 55), in the order
+        they are sent; the same few lists serve every client, so they are kept."""
+        key = (id(subnet), wanted, link)
+        cached = self._option_cache.get(key)
+        if cached is not None:
+            return cached
+        options: dict[int, bytes] = {}
         configured = subnet.options
         for always in ALWAYS_SENT:
             value = configured.get(always)
@@ -600,7 +624,7 @@ class DHCPEngine:
                 options[always] = value
         ntp_here = subnet.ntp_auto and link.ntp_here
         for code in wanted:
-            if code in options:
+            if code in options or code in _ENGINE_OPTIONS:
                 continue
             if code == Option.NTP_SERVERS and ntp_here:
                 options[code] = link.server_address.packed
@@ -613,15 +637,10 @@ class DHCPEngine:
                 options.setdefault(configured_code, configured_value)
             if ntp_here:
                 options.setdefault(Option.NTP_SERVERS, link.server_address.packed)
-        client_id = message.client_identifier
-        if client_id is not None:
-            options[Option.CLIENT_IDENTIFIER] = client_id  # RFC 6842: echo it back
-        self._echo_agent(message, options)
-        self._count_sent(kind)
-        return Message(op=BOOTREPLY, xid=message.xid, chaddr=message.chaddr,
-                       htype=message.htype, flags=message.flags,
-                       ciaddr=message.ciaddr if kind is MessageType.ACK else ZERO,
-                       yiaddr=yiaddr, giaddr=message.giaddr, options=options)
+        if len(self._option_cache) >= 4096:
+            self._option_cache.clear()  # clients with odd request lists: stay bounded
+        self._option_cache[key] = options
+        return options
 
     def _count_sent(self, kind: MessageType) -> None:
         self.stats.sent[kind.name] = self.stats.sent.get(kind.name, 0) + 1
