@@ -32,6 +32,7 @@ from netpost.store.sqlite import SQLiteStore
 from netpost.store.sqlleases import SQLiteLeases
 from netpost.store.sqlqueue import SQLiteQueue
 from netpost.store.sqlshares import SQLiteShares
+from netpost.store.sqltokens import SQLiteTokens
 from netpost.store.tiered import DEFAULT_THRESHOLD, TieredBlobStore
 
 DB_NAME = "netpost.db"
@@ -107,7 +108,7 @@ def open_stores(data_dir: Path, *, small_body_limit: int = DEFAULT_THRESHOLD) ->
                   delivery=committer, blobs=blobs, changes=feed, log=meta,
                   maintenance=EmbeddedMaintenance(meta, blobs, committer),
                   queue=SQLiteQueue(meta), shares=SQLiteShares(meta),
-                  leases=SQLiteLeases(meta), closer=close)
+                  leases=SQLiteLeases(meta), tokens=SQLiteTokens(meta), closer=close)
 
 
 def open_admin(data_dir: Path) -> AdminStores:
@@ -115,7 +116,8 @@ def open_admin(data_dir: Path) -> AdminStores:
     meta = _metadata(data_dir)
     return AdminStores(domains=meta, accounts=meta, aliases=meta, mailboxes=meta,
                        queue=SQLiteQueue(meta), shares=SQLiteShares(meta),
-                       leases=SQLiteLeases(meta), closer=meta.close)
+                       leases=SQLiteLeases(meta), tokens=SQLiteTokens(meta),
+                       closer=meta.close)
 
 
 def embedded_maintenance(stores: Stores) -> EmbeddedMaintenance:

@@ -15,6 +15,7 @@ Roles for services:
   MailQueue                      the outbound queue: per-recipient state, claim due, outcomes
   Shares                         files and folders published at unguessable URLs (web/)
   Leases                         DHCP address bindings, v4 and v6: committed in batches
+  Tokens                         web API tokens and browser sessions (hashed secrets)
   Maintenance                    collect what nothing references any more
 
 Roles between parts of a backend (the group committer is shared by backends that keep
@@ -132,6 +133,18 @@ class MessageRow:
     modseq: int
     flags: frozenset[str]
     has_dot_lines: bool
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    """A line of a mailbox listing (the web API): what was kept at delivery, no body."""
+
+    uid: int
+    size: int
+    internaldate: float
+    modseq: int
+    flags: frozenset[str]
+    headers: dict[str, str]
 
 
 # What was parsed of a message, or a function that parses it: the group committer calls it on
@@ -356,6 +369,42 @@ class Leases(Protocol):
         such) and the serial now: how a running server notices the command line's changes."""
 
 
+# "api": a bearer token made with `netpost token create`; "session": a browser's login cookie.
+TokenKind = Literal["api", "session"]
+
+
+@dataclass(frozen=True)
+class Token:
+    """A credential of the web API (web/api/auth.py): `np_<id>_<secret>`, of which only the
+    secret's SHA-256 is kept."""
+
+    id: str  # public part, shown by `netpost token list`
+    address: str  # the account it acts as
+    kind: TokenKind
+    name: str  # what its maker called it ("ci", "grafana"); "" for sessions
+    secret_sha256: str  # hex
+    created: float  # POSIX seconds
+    expires: float | None  # POSIX seconds; None: until revoked
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and now >= self.expires
+
+
+class Tokens(Protocol):
+    """Web credentials.  Removing an account removes its tokens and sessions."""
+
+    def add_token(self, token_id: str, address: str, kind: TokenKind, secret_sha256: str, *,
+                  name: str = "", expires: float | None = None) -> Token:
+        """Record a credential (StoreError for an unknown account or an id already used)."""
+    def get_token(self, token_id: str) -> Token | None: ...
+    def list_tokens(self, address: str | None = None, kind: TokenKind = "api") -> list[Token]:
+        """Every credential of the kind (or one account's), oldest first."""
+    def remove_token(self, token_id: str) -> bool:
+        """Revoke; False if there was none."""
+    def remove_expired_tokens(self, now: float) -> int:
+        """Forget credentials that expired by `now`; how many."""
+
+
 ChangeKind = Literal["append", "expunge", "flags"]
 
 
@@ -462,6 +511,11 @@ class Messages(Protocol):
         (SEARCH narrows in the store, then decides)."""
     def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
         """UIDs expunged with a MODSEQ above `modseq` (RFC 7162 VANISHED)."""
+    def message_page(self, mailbox_id: int, *, before_uid: int | None, limit: int
+                     ) -> list[MessageSummary]:
+        """Up to `limit` messages with a UID below `before_uid` (None: from the newest), newest
+        first: a page of a mailbox listing, read from the store without the rest."""
+    def message_count(self, mailbox_id: int) -> int: ...
     def mailbox_counts(self, mailbox_id: int) -> tuple[int, int, int, int]:
         """(messages, unseen, octets, deleted)."""
     def claim_recent(self, mailbox_id: int) -> int:
@@ -603,6 +657,7 @@ class AdminStores:
     queue: MailQueue
     shares: Shares
     leases: Leases
+    tokens: Tokens
     closer: Callable[[], None]
 
     def close(self) -> None:
@@ -626,6 +681,7 @@ class Stores:
     queue: MailQueue
     shares: Shares
     leases: Leases
+    tokens: Tokens
     closer: Callable[[], None]  # commits what is queued, then closes; blocking
 
     def close(self) -> None:

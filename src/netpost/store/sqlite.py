@@ -43,14 +43,16 @@ from netpost.store.interfaces import (
     MaildropRow,
     MessageRow,
     MessageState,
+    MessageSummary,
     StoreError,
 )
 from netpost.store.sqlitedb import DURABLE, ThreadConnections
 from netpost.store.sqlleases import SCHEMA_V6
 from netpost.store.sqlqueue import SCHEMA_V4, insert_outbound
 from netpost.store.sqlshares import SCHEMA_V5
+from netpost.store.sqltokens import SCHEMA_V7
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (
@@ -156,7 +158,7 @@ INSERT INTO subscriptions (account_id, name)
 
 # version -> the script that brings version - 1 to it
 _MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: SCHEMA_V4,
-                               5: SCHEMA_V5, 6: SCHEMA_V6}
+                               5: SCHEMA_V5, 6: SCHEMA_V6, 7: SCHEMA_V7}
 
 _MESSAGE_COLUMNS = "m.mailbox_id, m.uid, m.sha256, b.size, m.size, m.internaldate, m.modseq, \
 m.flags, m.has_dot_lines"
@@ -918,6 +920,26 @@ class SQLiteStore:
             "SELECT DISTINCT uid FROM changes WHERE mailbox_id = ? AND kind = 'expunge' AND "
             "modseq > ? ORDER BY uid", (mailbox_id, modseq))
         return [r[0] for r in rows]
+
+    def message_page(self, mailbox_id: int, *, before_uid: int | None, limit: int
+                     ) -> list[MessageSummary]:
+        """Newest first from `before_uid` down: a range scan of the (mailbox_id, uid) primary
+        key that stops after `limit` rows, whatever the mailbox's size."""
+        rows = self._conn().execute(
+            "SELECT uid, size, internaldate, modseq, flags, headers FROM messages "
+            "WHERE mailbox_id = ? AND uid < ? ORDER BY uid DESC LIMIT ?",
+            (mailbox_id, before_uid if before_uid is not None else 2 ** 62, limit)).fetchall()
+        out: list[MessageSummary] = []
+        for uid, size, internaldate, modseq, flags, headers in rows:
+            parsed = json.loads(headers)
+            out.append(MessageSummary(uid, size, internaldate, modseq, frozenset(flags.split()),
+                                      parsed if isinstance(parsed, dict) else {}))
+        return out
+
+    def message_count(self, mailbox_id: int) -> int:
+        row = self._conn().execute("SELECT count(*) FROM messages WHERE mailbox_id = ?",
+                                   (mailbox_id,)).fetchone()
+        return int(row[0])
 
     def mailbox_counts(self, mailbox_id: int) -> tuple[int, int, int, int]:
         """(messages, unseen, octets, deleted) of a mailbox (STATUS)."""
