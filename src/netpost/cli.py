@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from netpost import __version__
+from netpost.agent import AgentError
 from netpost.config import ConfigError, load, render_default, set_listen
 from netpost.mail import address as names
 from netpost.progress import ProgressBar
@@ -829,6 +830,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print protocol trace lines as sessions talk.")
     t.add_argument("--all", action="store_true", help="start from the beginning of the file")
     t.set_defaults(func=cmd_trace)
+
+    from netpost.agent.cli import add_parser as add_mail_parser
+
+    add_mail_parser(sub)  # netpost mail ...: the user agent (docs/agent.md)
     return p
 
 
@@ -843,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (CLIError, ConfigError, StoreError) as exc:
+    except (CLIError, ConfigError, StoreError, AgentError) as exc:
         print(f"netpost: {exc}", file=sys.stderr)
         return 1
 
