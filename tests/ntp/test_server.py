@@ -81,7 +81,9 @@ def test_control_and_private_modes_and_other_modes_get_no_answer(srv: Server) ->
 def test_malformed_packets_are_dropped(srv: Server) -> None:
     port = srv.port("ntp")
     head = client_request()[0]
-    for bad in (b"", b"\x23", head[:47], head + b"\0" * 3, head + bytes(17)):
+    version0 = bytes([0x03]) + head[1:]
+    version5 = bytes([0x2B]) + head[1:]
+    for bad in (b"", b"\x23", head[:47], head + b"\0" * 3, head + bytes(17), version0, version5):
         assert exchange(port, bad, timeout=0.3) is None, len(bad)
     assert exchange(port, client_request()[0]) is not None
 

@@ -129,7 +129,7 @@ class NTPHandler(DatagramHandler):
             self._malformed()
             return
         version, mode = first_octet(data)
-        if mode == Mode.CLIENT and len(data) == HEADER_SIZE and version:
+        if mode == Mode.CLIENT and len(data) == HEADER_SIZE and 1 <= version <= 4:
             self._answer_plain(datagram)  # the common case: no extension fields, no MAC
             return
         if mode != Mode.CLIENT:
@@ -144,8 +144,8 @@ class NTPHandler(DatagramHandler):
         except NTPParseError:
             self._malformed()
             return
-        if request.version < 1:
-            self._malformed()
+        if not 1 <= request.version <= 4:
+            self._malformed()  # RFC 5905 §9.2 (and ntpd): versions it does not know are dropped
             return
         stats.requests += 1
         admitted = self._admit(client_key(datagram.peer[0]), time.monotonic())

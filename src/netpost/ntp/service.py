@@ -123,6 +123,12 @@ def runtime(ctx: BuildContext) -> NTPRuntime:
     return made
 
 
+def runtime_of(services: Services) -> NTPRuntime | None:
+    """The NTP runtime (clock state, counters, upstream status) of a running server, for
+    whoever reports on it (the web API); None when NTP is not built."""
+    return _runtimes.get(id(services))
+
+
 def build(ctx: BuildContext, decl: ListenerDecl) -> Handler:
     settings: NTPConfig = ctx.settings
     shared = runtime(ctx)
