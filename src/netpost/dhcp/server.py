@@ -30,6 +30,9 @@ from netpost.store.interfaces import Lease, Leases, LeaseState
 log = logging.getLogger("netpost.dhcp")
 
 SYNC_INTERVAL = 1.0  # seconds between looks for leases the command line changed
+GATHER_TIME = 0.005  # seconds a commit waits for more leases to join it...
+GATHER_ENOUGH = 64  # ...unless this many are waiting already
+REPORT_INTERVAL = 300.0  # seconds between the counters' log lines (when something happened)
 SIOCGIFADDR = 0x8915  # linux/sockios.h
 
 
@@ -87,12 +90,15 @@ class DHCPHandler(DatagramHandler):
         self._committing = False
         _, self._serial = leases.leases_changed_since(0)
         self._synced = time.monotonic()
+        self._reported = self._synced
+        self._reported_received = 0
 
     # -- datagrams in --------------------------------------------------------------------------
 
     def receive(self, batch: list[Datagram]) -> None:
         now = time.time()
         self._sync_external(now)
+        self._report()
         for datagram in batch:
             try:
                 message = decode(datagram.data)
@@ -136,6 +142,10 @@ class DHCPHandler(DatagramHandler):
         gathered meanwhile."""
         try:
             while self._pending:
+                if len(self._pending) < GATHER_ENOUGH:
+                    # Let a few more REQUESTs join this transaction: one fsync and one thread
+                    # hand-off for many leases costs the ACKs GATHER_TIME of latency.
+                    await asyncio.sleep(GATHER_TIME)
                 batch, self._pending = self._pending, []
                 try:
                     await asyncio.to_thread(self.leases.commit_leases, [b[0] for b in batch])
@@ -177,6 +187,29 @@ class DHCPHandler(DatagramHandler):
                     self.engine.external_release(IPv4Address(lease.address), lease.client, now):
                 log.info("dhcp: lease of %s (%s) released by the administrator", lease.address,
                          describe_key(lease.client))
+
+    def report_line(self) -> str:
+        """The counters in one line (the log, every REPORT_INTERVAL while busy)."""
+        stats, c = self.engine.stats, self.counters
+        received = " ".join(f"{k}={v}" for k, v in sorted(stats.received.items()))
+        sent = " ".join(f"{k}={v}" for k, v in sorted(stats.sent.items()))
+        batch = c.committed / c.commits if c.commits else 0.0
+        return (f"dhcp counters: received {received or '-'}; sent {sent or '-'}; "
+                f"commits {c.commits} ({batch:.1f} leases each), failed {c.commit_failures}; "
+                f"malformed {c.malformed}, oversized {c.oversized}, rate-limited "
+                f"{stats.rate_limited_client} client / {stats.rate_limited_relay} relay, "
+                f"circuit-limited {stats.circuit_limited}, pool exhausted "
+                f"{stats.pool_exhausted}, no subnet {stats.no_subnet}, ignored {stats.ignored}")
+
+    def _report(self) -> None:
+        tick = time.monotonic()
+        if tick - self._reported < REPORT_INTERVAL:
+            return
+        self._reported = tick
+        received = self.listener.stats.received
+        if received != self._reported_received:
+            self._reported_received = received
+            log.info("%s", self.report_line())
 
     # -- the trace -----------------------------------------------------------------------------
 
