@@ -37,7 +37,7 @@ class Mode(enum.IntEnum):
     CLIENT = 3
     SERVER = 4
     BROADCAST = 5
-    CONTROL = 6  # ntpq's mode 6: never answered (amplification, RFC 8633 §3.4)
+    CONTROL = 6  # ntpq's mode 6: never answered (amplification; RFC 8633, BCP 223)
     PRIVATE = 7  # ntpdc's mode 7: never answered (CVE-2013-5211, monlist)
 
 

@@ -47,7 +47,7 @@ _PLAIN_REQUEST = struct.Struct("!Bxb37xQ")
 _TIMESTAMPS = struct.Struct("!QQQ")
 _MASK64 = (1 << 64) - 1
 _UNIX_OFFSET_FIXED = NTP_UNIX_OFFSET << 32
-KOD_INTERVAL = 2.0  # seconds between two KoD RATE to one client (RFC 8633 §3.6: limit them)
+KOD_INTERVAL = 2.0  # seconds between two KoD RATE to one client (KoDs are rate limited too)
 MAX_CLIENTS = 100_000  # rate-limit buckets kept; a spoofed-source flood resets them
 
 
@@ -281,7 +281,7 @@ class NTPHandler(DatagramHandler):
                          receive_timestamp=t, transmit_timestamp=t)
 
     def _kod_rate(self, request: NTPPacket) -> NTPPacket:
-        # RFC 8633 §3.6: the poll field tells the client how often it may ask.
+        # RFC 5905 §7.4 (as ntpd): the poll field tells the client how often it may ask.
         poll = max(request.poll, math.ceil(math.log2(1 / self.limit.rate)), 0)
         self.stats.kod_rate += 1
         return self._kiss(request, b"RATE", min(poll, 17))
