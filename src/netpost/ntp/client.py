@@ -174,7 +174,7 @@ def select(upstreams: list[Upstream], now: float) -> Upstream | None:
 
 
 def state_from(peer: Upstream, now: float) -> ClockState:
-    """RFC 5905 §11.2.3: the system variables when `peer` is the system peer."""
+    """RFC 5905 §11.2 (clock update): the system variables when `peer` is the system peer."""
     best = peer.best(now)
     assert best is not None and peer.last is not None and peer.address is not None
     return ClockState(

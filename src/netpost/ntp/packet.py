@@ -21,7 +21,7 @@ NTP_UNIX_OFFSET = 2_208_988_800
 NTP_ERA = 1 << 32  # seconds in an era (the 64-bit timestamp's seconds wrap in 2036)
 FRACTION = 1 << 32
 
-# RFC 7822 §4: an extension field is at least 16 octets, a multiple of 4.
+# RFC 7822 §3: an extension field is at least 16 octets, a multiple of 4.
 MIN_EXTENSION_SIZE = 16
 # RFC 5905 §7.3 / RFC 8573: a legacy MAC is a 32-bit key id and a 128- or 160-bit digest.
 MAC_SIZES = (4 + 16, 4 + 20)
@@ -142,7 +142,7 @@ def decode(data: bytes) -> NTPPacket:
 def _decode_trailer(data: bytes, version: int) -> tuple[tuple[ExtensionField, ...], bytes]:
     """What follows the header: extension fields (NTPv4 only, RFC 7822) and/or a MAC.
 
-    RFC 7822 §7.5: a receiver tells a MAC from an extension field by their lengths.  Here the
+    RFC 7822: a receiver tells a MAC from an extension field by their lengths.  Here the
     trailer is read as extension fields that fill it exactly; failing that, as extension
     fields followed by a MAC of one of the legal sizes; failing that, it is malformed.
     """
