@@ -227,3 +227,19 @@ def test_exhausted_pool_never_gives_an_address_twice(net: NamespacePair,
     finally:
         server.stop()
     assert "pool of 10.99.0.0/24 exhausted" in server.output()
+
+
+def test_ping_before_offer_skips_an_address_in_use(net: NamespacePair, tmp_path: Path) -> None:
+    require("udhcpc")
+    # a host on the link uses the pool's first address without a lease
+    net.client("ip", "addr", "add", "10.99.0.100/24", "dev", net.client_if)
+    config = subnet_toml() + "\n[dhcp]\nping_before_offer = 0.5\n"
+    server = serve(net, tmp_path, config)
+    try:
+        got = net.client("udhcpc", "-i", net.client_if, "-f", "-q", "-n", "-t", "5", "-T", "2",
+                         "-s", "/bin/true", timeout=60)
+        assert got.returncode == 0, got.stderr
+        assert "lease of 10.99.0.101 obtained" in got.stderr + got.stdout
+    finally:
+        server.stop()
+    assert "10.99.0.100 answers a ping but has no lease" in server.output()

@@ -252,3 +252,13 @@ def test_administrator_release_ends_the_binding() -> None:
                           T0 + 10)
     assert renew is not None and renew.reply is not None
     assert renew.reply.message_type is MessageType.NAK
+
+
+def test_quarantine_after_a_ping_answer() -> None:
+    engine = DHCPEngine(subnets("10.99.0.10-10.99.0.11"))
+    offer = engine.handle(msg(MessageType.DISCOVER, 1), LINK, T0)
+    assert offer is not None and offer.reply is not None
+    engine.quarantine(offer.reply.yiaddr, T0)
+    again = engine.handle(msg(MessageType.DISCOVER, 1), LINK, T0 + 1)
+    assert again is not None and again.reply is not None
+    assert again.reply.yiaddr != offer.reply.yiaddr

@@ -256,6 +256,18 @@ class DHCPEngine:
                             binding.subnet))
         return True
 
+    def quarantine(self, address: IPv4Address, now: float) -> None:
+        """Someone without a lease uses `address` (it answered a ping before an OFFER):
+        keep it out of the pool for `decline_hold` seconds, as a DECLINE would."""
+        held = self.by_address.get(int(address))
+        subnet = held.subnet if held is not None else find_subnet(self.subnets, address)
+        if subnet is None:
+            return
+        if held is not None:
+            self._forget(held)
+        self._place(Binding(int(address), b"", BindingState.DECLINED, now,
+                            now + self.settings.decline_hold, subnet))
+
     # -- the entry point ---------------------------------------------------------------------
 
     def handle(self, message: Message, link: Link, now: float) -> Outcome | None:

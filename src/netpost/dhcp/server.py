@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from netpost.dhcp.engine import BindingState, DHCPEngine, LeaseRecord, Link, Outcome
-from netpost.dhcp.packet import PacketError, decode, describe_key, encode, summary
+from netpost.dhcp.packet import (
+    Message,
+    MessageType,
+    PacketError,
+    decode,
+    describe_key,
+    encode,
+    summary,
+)
+from netpost.dhcp.ping import Pinger
 from netpost.net.datagram import Datagram, DatagramHandler, DatagramListener
 from netpost.store.interfaces import Lease, Leases, LeaseState
 
@@ -32,6 +41,7 @@ log = logging.getLogger("netpost.dhcp")
 SYNC_INTERVAL = 1.0  # seconds between looks for leases the command line changed
 GATHER_TIME = 0.005  # seconds a commit waits for more leases to join it...
 GATHER_ENOUGH = 64  # ...unless this many are waiting already
+PING_TRIES = 3  # addresses probed for one DISCOVER before giving up
 REPORT_INTERVAL = 300.0  # seconds between the counters' log lines (when something happened)
 SIOCGIFADDR = 0x8915  # linux/sockios.h
 
@@ -43,6 +53,7 @@ class DHCPCounters:
     commits: int = 0  # transactions
     committed: int = 0  # leases in them
     commit_failures: int = 0
+    ping_answered: int = 0  # offered addresses that answered a ping (quarantined)
     replies_waiting: int = 0  # ACKs waiting for their commit now
     batches: list[int] = field(default_factory=list)  # recent commit sizes (last 64)
 
@@ -80,11 +91,14 @@ class DHCPHandler(DatagramHandler):
     sends_broadcast = True
 
     def __init__(self, listener: DatagramListener, engine: DHCPEngine, link: Link,
-                 leases: Leases) -> None:
+                 leases: Leases, pinger: Pinger | None = None,
+                 ping_timeout: float = 0.0) -> None:
         super().__init__(listener)
         self.engine = engine
         self.link = link
         self.leases = leases
+        self.pinger = pinger  # ping before offer, when configured
+        self.ping_timeout = ping_timeout
         self.counters = DHCPCounters()
         self._pending: list[tuple[Lease, bytes | None, tuple[str, int] | None]] = []
         self._committing = False
@@ -113,8 +127,13 @@ class DHCPHandler(DatagramHandler):
                 self.listener.stats.errors += 1
                 log.exception("dhcp: failed on %s", summary(datagram.data))
                 continue
-            if outcome is not None:
-                self._act(outcome)
+            if outcome is None:
+                continue
+            if self.pinger is not None and self._fresh_offer(outcome):
+                if not self.listener.spawn(self._probe_then_offer(message, outcome)):
+                    self.listener.stats.dropped += 1
+                continue
+            self._act(outcome)
         if self._pending and not self._committing:
             self._committing = True
             if not self.listener.spawn(self._commit_pending()):
@@ -134,6 +153,39 @@ class DHCPHandler(DatagramHandler):
             self.counters.replies_waiting += 1
         elif data is not None and outcome.destination is not None:
             self.listener.send(data, outcome.destination)
+
+    # -- ping before offer (RFC 2131 2.2, 3.1 step 2) ------------------------------------------
+
+    def _fresh_offer(self, outcome: Outcome) -> bool:
+        """An OFFER of an address the client does not hold already."""
+        reply = outcome.reply
+        if reply is None or reply.message_type is not MessageType.OFFER:
+            return False
+        binding = self.engine.binding(reply.yiaddr)
+        return binding is not None and binding.state is BindingState.OFFERED
+
+    async def _probe_then_offer(self, message: Message, outcome: Outcome) -> None:
+        """Send the OFFER once nobody answers a ping of its address; an address that answers
+        is quarantined and the next one tried (PING_TRIES at most, then no answer)."""
+        assert self.pinger is not None
+        for _ in range(PING_TRIES):
+            reply = outcome.reply
+            assert reply is not None
+            if not await self.pinger.answers(str(reply.yiaddr), self.ping_timeout):
+                self._act(outcome)
+                return
+            log.warning("dhcp: %s answers a ping but has no lease (a host with a static "
+                        "address?): out of the pool for %d s", reply.yiaddr,
+                        self.engine.settings.decline_hold)
+            self.counters.ping_answered += 1
+            now = time.time()
+            self.engine.quarantine(reply.yiaddr, now)
+            again = self.engine.handle(message, self.link, now)
+            if again is None or not self._fresh_offer(again):
+                if again is not None:
+                    self._act(again)
+                return
+            outcome = again
 
     # -- group commit --------------------------------------------------------------------------
 

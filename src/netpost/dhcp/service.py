@@ -15,6 +15,7 @@ from typing import Any
 
 from netpost.config import ConfigError, ListenAddress
 from netpost.dhcp.engine import DHCPEngine, EngineSettings, Link
+from netpost.dhcp.ping import Pinger
 from netpost.dhcp.server import DHCPHandler, interface_address, load_records
 from netpost.dhcp.subnets import parse_subnets
 from netpost.net.datagram import DatagramListener
@@ -59,6 +60,9 @@ class DHCPConfig:
     relay_burst: int = setting(10000, "messages one relay may forward at once", positive=True)
     max_leases_per_circuit: int = setting(0, "leases per relay agent circuit id (RFC 3046 "
                                           "option 82, e.g. a switch port); 0: no limit")
+    ping_before_offer: float = setting(0.0, "seconds to wait for an ICMP echo reply from an "
+                                       "address before offering it (RFC 2131 2.2); an address "
+                                       "that answers is kept out of the pool; 0: off")
 
     def validate(self) -> None:
         parse_subnets(list(self.subnets), self.lease_time)
@@ -104,7 +108,15 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> Any:
         ntp_here = ntp is not None and ntp.port == NTP_PORT and ntp.host in (
             "0.0.0.0", str(server))
         engine = DHCPEngine(subnets, settings, load_records(leases))
-        return DHCPHandler(listener, engine, Link(server, ntp_here), leases)
+        pinger = None
+        if dhcp.ping_before_offer > 0:
+            try:
+                pinger = Pinger(address.interface)
+            except OSError as exc:
+                raise ConfigError(f"dhcp: ping_before_offer needs an ICMP socket: "
+                                  f"{exc.strerror} (run as root, or set it to 0)") from None
+        return DHCPHandler(listener, engine, Link(server, ntp_here), leases, pinger,
+                           dhcp.ping_before_offer)
 
     return factory
 
