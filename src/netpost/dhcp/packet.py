@@ -35,6 +35,7 @@ SNAME_SIZE = 64
 FILE_SIZE = 128
 
 ZERO = IPv4Address(0)
+_ZERO_PACKED = bytes(4)
 BROADCAST = IPv4Address("255.255.255.255")
 
 _HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
@@ -208,6 +209,11 @@ def _scan_options(data: bytes, into: dict[int, bytearray]) -> None:
     # A field without an END option: tolerated (many clients pad the options field instead).
 
 
+def _address(packed: bytes) -> IPv4Address:
+    """Most address fields of a request are 0.0.0.0: one shared object for those."""
+    return ZERO if packed == _ZERO_PACKED else IPv4Address(packed)
+
+
 def decode(data: bytes) -> Message:
     """The message in `data` (a UDP payload), or PacketError."""
     if len(data) < MIN_SIZE:
@@ -236,8 +242,8 @@ def decode(data: bytes) -> Message:
     found.pop(Option.OVERLOAD, None)  # an overload inside file/sname is meaningless
     return Message(
         op=op, xid=xid, chaddr=chaddr[:hlen], htype=htype, hops=hops, secs=secs, flags=flags,
-        ciaddr=IPv4Address(ciaddr), yiaddr=IPv4Address(yiaddr), siaddr=IPv4Address(siaddr),
-        giaddr=IPv4Address(giaddr), sname=sname.rstrip(b"\0"), file=file.rstrip(b"\0"),
+        ciaddr=_address(ciaddr), yiaddr=_address(yiaddr), siaddr=_address(siaddr),
+        giaddr=_address(giaddr), sname=sname.rstrip(b"\0"), file=file.rstrip(b"\0"),
         options={code: bytes(value) for code, value in found.items()},
     )
 
