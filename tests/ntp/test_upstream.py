@@ -121,6 +121,9 @@ def test_serves_one_stratum_below_a_real_upstream(tmp_path: Path) -> None:
         r = client.request("127.0.0.1", port=server.port("ntp"), timeout=2)
         assert ntplib.ref_id_to_text(r.ref_id, r.stratum) == "127.0.0.1"
         assert r.root_delay > 0 and abs(r.offset) < 0.05
+        # The offset and jitter of the selected upstream are reported.
+        assert any(f"ntp: system peer 127.0.0.1:{port} (stratum 3, offset" in line
+                   for line in server.output), "".join(server.output[-20:])
     finally:
         server.stop()
         upstream_proc.terminate()

@@ -318,8 +318,10 @@ class Poller:
                             f"at local stratum {self.clock.local_stratum}"
                             if self.clock.local_stratum else "as unsynchronised")
             else:
-                log.info("ntp: system peer %s (stratum %d)", peer.name,
-                         peer.last.stratum if peer.last else 0)
+                best = peer.best(now)
+                log.info("ntp: system peer %s (stratum %d, offset %+.6f s, jitter %.6f s)",
+                         peer.name, peer.last.stratum if peer.last else 0,
+                         best.offset if best else 0.0, peer.jitter(now))
             self.selected = peer
         self.clock.update(state_from(peer, now) if peer is not None else None)
         statuses = []
