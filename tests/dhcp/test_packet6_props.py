@@ -4,12 +4,15 @@ what decodes encodes back to the same octets, and decodes again to the same mess
 from __future__ import annotations
 
 import struct
+from ipaddress import IPv6Address
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netpost.dhcp import packet6 as p6
+from netpost.dhcp.engine6 import DHCP6Engine, Link6
 from netpost.dhcp.packet6 import PacketError, RelayMessage, decode, encode
+from netpost.dhcp.subnets6 import parse_subnets6
 
 FAST = settings(max_examples=500, deadline=None)
 
@@ -99,3 +102,26 @@ def test_typed_helpers_raise_only_packet_error(data: bytes) -> None:
                 p6.parse_addresses6(value)
     except PacketError:
         pass
+
+
+SUBNETS = parse_subnets6([{"prefix": "::/0", "pools": ["::10-::13"]}])
+
+
+@FAST
+@given(st.lists(messages(), max_size=8), st.booleans())
+def test_engine_answers_or_ignores(datas: list[bytes], unicast: bool) -> None:
+    """Whatever arrives, the engine replies with a message that encodes, or nothing, and
+    never binds one address to two IAs."""
+    engine = DHCP6Engine(SUBNETS, p6.duid_ll(1, b"\x02\0\0\0\0\xfe"))
+    link = Link6((IPv6Address("2001:db8::1"),))
+    for i, data in enumerate(datas):
+        try:
+            m = decode(data)
+            outcome = engine.handle(m, "fe80::1", link, 1000.0 + i, unicast)
+        except PacketError:
+            continue
+        if outcome is not None and outcome.reply is not None:
+            assert decode(encode(outcome.reply)) == outcome.reply
+    owners = [(b.duid, b.iaid) for b in engine.bindings() if b.duid and b.active(1000.0)]
+    assert len(engine.by_address) == len(engine.bindings())
+    assert len(owners) == len(set(owners))
