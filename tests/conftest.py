@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 LISTENER_NAMES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "ftp",
-                  "ftps", "sftp", "http", "ntp", "nts-ke")
+                  "ftps", "sftp", "http", "https", "ntp", "nts-ke")
 DOMAIN = "example.test"
 PASSWORD = "correct horse battery"
 

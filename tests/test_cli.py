@@ -111,7 +111,8 @@ def test_serve_prints_listeners_demo_account_and_stops_on_sigterm(tmp_path: Path
     try:
         text = "".join(srv.output)
         assert set(srv.ports) == {"smtp", "submission", "submissions", "pop3", "pop3s", "imap",
-                                  "imaps", "ftp", "ftps", "sftp", "http", "ntp", "nts-ke"}
+                                  "imaps", "ftp", "ftps", "sftp", "http", "https", "ntp",
+                                  "nts-ke"}
         assert "demo account: demo@netpost.test  password: " in text
         password = (srv.data / "demo-password").read_text().strip()
         assert password in text

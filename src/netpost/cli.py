@@ -612,6 +612,48 @@ def cmd_share(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Bearer tokens of the web API: create (printed once), list, revoke."""
+    from netpost.web.api.auth import make_credential
+
+    with _store(args) as stores:
+        tokens = stores.tokens
+        if args.action == "list":
+            user = check_address(args.arg) if args.arg is not None else None
+            listed = tokens.list_tokens(user)
+            if not listed:
+                print("no API tokens")
+            for t in listed:
+                until = f"until {_when(t.expires)}" if t.expires is not None else "no expiry"
+                print(f"{t.id}  {t.address}  {t.name or '-'}  made {_when(t.created)}  "
+                      f"({until})")
+            return 0
+        if args.arg is None:
+            raise CLIError(f"token {args.action} needs " + (
+                "USER, e.g. 'netpost token create alice@example.org --name ci'"
+                if args.action == "create" else "the token ID from 'netpost token list'"))
+        if args.action == "revoke":
+            token_id = args.arg.removeprefix("np_")[:16]
+            found = tokens.get_token(token_id)
+            if found is None or found.kind != "api" or not tokens.remove_token(token_id):
+                raise CLIError(f"no API token {args.arg} (see 'netpost token list')")
+            print(f"revoked token {token_id} of {found.address}")
+            return 0
+        address = check_address(args.arg, "user")
+        if stores.accounts.get_account(address) is None:
+            raise CLIError(f"no user {address}")
+        if args.days is not None and not 0 < args.days <= 36500:
+            raise CLIError("--days takes a number of days greater than 0")
+        new = make_credential(tokens, address, "api", name=args.name or "",
+                              lifetime=args.days * 86400 if args.days is not None else None)
+        print(new.secret_text)
+        print(f"API token {new.token.id} for {address}"
+              + (f" until {_when(new.token.expires)}" if new.token.expires else "")
+              + ": send it as 'Authorization: Bearer <token>'; it is shown only now",
+              file=sys.stderr)
+        return 0
+
+
 def _lease_state(lease: Lease, now: float) -> str:
     """What a lease is now: a bound lease past its expiry is expired (its address is free)."""
     if lease.state == "bound" and lease.expires <= now:
@@ -813,6 +855,18 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--expires", type=float, metavar="DAYS",
                     help="add: the URL stops working after this many days (410 Gone)")
     sh.set_defaults(func=cmd_share)
+
+    tk = sub.add_parser("token", help="web API tokens: create, list, revoke",
+                        description="Bearer tokens for the web API (/api/v1, docs/api.md). "
+                                    "create USER: print a new token (only its hash is kept: "
+                                    "it is shown once); list [USER]; revoke ID. A token acts "
+                                    "as its user, with the user's role ([web] admins).")
+    tk.add_argument("action", choices=["create", "list", "revoke"])
+    tk.add_argument("arg", nargs="?", metavar="USER|ID",
+                    help="create, list: the account; revoke: the token's id")
+    tk.add_argument("--name", help="create: what the token is for (shown by list)")
+    tk.add_argument("--days", type=float, help="create: the token expires after this many days")
+    tk.set_defaults(func=cmd_token)
 
     le = sub.add_parser("leases", help="DHCP leases: list, show, release",
                         description="The addresses the DHCP server has given out. list: "

@@ -202,6 +202,9 @@ async def _serve(data_dir: Path, config: Config, announce: Callable[[str], None]
         tracer = trace_log.session
     services = build_services(stores, config, data_dir=data_dir, tracer=tracer)
     listeners, workers = build_listeners(registry, services, config, trace_log, ssl_ctx)
+    services.runtime.listeners.extend(listeners)
+    services.runtime.trace_log = trace_log
+    services.runtime.registry = registry
     workers.insert(0, periodic("garbage collection", GC_INTERVAL,
                                lambda: collect_garbage(stores.maintenance)))
     started: list[Listener] = []
@@ -226,6 +229,12 @@ async def _serve(data_dir: Path, config: Config, announce: Callable[[str], None]
         decl = registry.listener(listener.spec.name)
         where = f"{listener.bound}" + ("/udp" if decl.transport is Transport.UDP else "")
         announce(f"listening {listener.spec.name:<12} {where:<16} {decl.description}")
+    for listener in listeners:  # where a person points a browser (the web API and its docs)
+        if listener.spec.protocol in ("http", "https") and listener.bound is not None:
+            host = listener.bound.host
+            host = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+            announce(f"web: {listener.spec.protocol}://{host}:{listener.bound.port}/  "
+                     f"(API docs: /api/v1/docs)")
     announce(f"mail domains: {', '.join(stores.domains.list_domains()) or '(none)'}")
     if demo is not None:
         address, password = demo

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from netpost.files.trees import FileTrees
 from netpost.mail.delivery import LocalDelivery, RelayPolicy, UnknownRecipient
 from netpost.mail.dns import Resolver
 from netpost.mail.mailboxes import Mailboxes
+from netpost.runtime import Runtime
 from netpost.store.interfaces import ChangeFeed, Stores
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class Services:
     relay: Relay | None = None  # the outbound queue's runner ([relay] enabled)
     data_dir: Path | None = None  # where services keep their files (users' file trees)
     files: FileTrees | None = None  # each account's file tree (FTP, SFTP); needs data_dir
+    config: Config | None = None  # the whole configuration (the web API shows and uses it)
+    runtime: Runtime = field(default_factory=Runtime)  # listeners, trace (filled at start)
 
 
 def relay_config(config: Config) -> RelayConfig:
@@ -100,6 +103,7 @@ def build_services(stores: Stores, config: Config, *, data_dir: Path | None = No
         data_dir=data_dir,
         files=(FileTrees(data_dir / "files", files_quota(config))
                if data_dir is not None else None),
+        config=config,
     )
 
 

@@ -20,6 +20,7 @@ class FailureThrottle:
         self.window = window
         self.max_tracked = max_tracked
         self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, last failure)
+        self.failed_logins: dict[str, int] = {}  # protocol -> failures since start (/metrics)
 
     def failures(self, address: str, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
@@ -33,6 +34,7 @@ class FailureThrottle:
         """Count a failure; return the delay (seconds) to wait before answering it."""
         now = time.monotonic()
         count = self.failures(address, now) + 1
+        self.failed_logins[protocol] = self.failed_logins.get(protocol, 0) + 1
         # Re-insert so that the dict's order is the order of last failure: when the table is
         # full, the first key is the address forgiven first (bounded memory, O(1)).
         self._failures.pop(address, None)

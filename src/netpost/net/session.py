@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("netpost.net")
 
 READ_SIZE = 256 * 1024
+# Protocols whose replies start with a 3-digit code (RFC 5321 4.2, RFC 959 4.2): their 4xx
+# and 5xx replies are counted by code for /metrics.
+CODED_REPLIES = frozenset({"smtp", "submission", "submissions", "lmtp", "ftp", "ftps"})
+_ERROR_REPLY = re.compile(rb"(?:^|\n)([45]\d\d)[ \r]")
 
 
 class Engine(Protocol):
@@ -182,9 +187,12 @@ class Session(ABC):
         conn = self.conn
         handled = False
         self.busy = True
+        commands = self.listener.commands
         try:
             while (event := conn.next_event()) is not None:
                 handled = True
+                name = type(event).__name__
+                commands[name] = commands.get(name, 0) + 1
                 await self.handle(event)
         finally:
             self.busy = False
@@ -193,6 +201,11 @@ class Session(ABC):
     async def flush(self) -> None:
         out = self.conn.data_to_send()
         if out:
+            if self.listener.spec.protocol in CODED_REPLIES and len(out) < 65536:
+                errors = self.listener.error_replies
+                for code in _ERROR_REPLY.findall(out):
+                    key = code.decode()
+                    errors[key] = errors.get(key, 0) + 1
             self.writer.write(out)
             await self.writer.drain()
 

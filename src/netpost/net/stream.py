@@ -36,6 +36,10 @@ class StreamListener:
         self.per_ip: dict[str, int] = {}
         self.sessions: set[Session] = set()
         self.channels: set[object] = set()  # sessions' extra connections (net/channels.py)
+        # Counted for /metrics: engine events ("commands") by type, error replies by code.
+        self.commands: dict[str, int] = {}
+        self.error_replies: dict[str, int] = {}
+        self.accepted = 0
         self.stopping = False
         self.server: asyncio.AbstractServer | None = None
         self.bound: ListenAddress | None = None
@@ -74,6 +78,7 @@ class StreamListener:
             writer.close()
             return
         self.per_ip[peer_key] = count + 1
+        self.accepted += 1
         session = self.factory(self, reader, writer, peer)
         self.sessions.add(session)
         try:

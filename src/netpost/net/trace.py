@@ -29,10 +29,24 @@ class TraceLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = open(path, "a", encoding="utf-8", errors="replace", buffering=1)
+        # Live readers (the web API's trace stream): each gets every line as it is written.
+        self.taps: set[Callable[[str], None]] = set()
+
+    def _writer(self) -> Callable[[str], None]:
+        file_write = self._file.write
+        taps = self.taps
+
+        def write(line: str) -> None:
+            file_write(line)
+            if taps:
+                for tap in list(taps):
+                    tap(line)
+
+        return write
 
     def session(self, listener: str, peer: str) -> Callable[[str, str], None]:
         sid = f"{listener}#{next(_session_ids)}"
-        write = self._file.write
+        write = self._writer()
 
         def trace(direction: str, line: str) -> None:
             write(f"{_stamp()} {sid} {peer} {direction}: {line}\n")
@@ -43,7 +57,7 @@ class TraceLog:
     def datagrams(self, listener: str) -> Callable[[str, str, str], None]:
         """A tracer for a datagram listener: (peer, direction, line); each datagram is its own
         exchange, so lines carry the listener's name and the peer, not a session number."""
-        write = self._file.write
+        write = self._writer()
 
         def trace(peer: str, direction: str, line: str) -> None:
             write(f"{_stamp()} {listener} {peer} {direction}: {line}\n")

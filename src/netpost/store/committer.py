@@ -25,6 +25,7 @@ Garbage collection of unreferenced blobs also runs on the writer thread
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import queue
 import threading
@@ -106,12 +107,28 @@ class _Task:
     future: concurrent.futures.Future[object] = field(default_factory=concurrent.futures.Future)
 
 
+# Upper bounds of the /metrics histograms of group commits: messages per batch, seconds.
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                      1.0, 2.5)
+
+
 @dataclass
 class CommitStats:
     batches: int = 0
     deliveries: int = 0
     failures: int = 0
     largest_batch: int = 0
+    # Histograms (non-cumulative counts per bucket, the last for "above every bound").
+    batch_counts: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
+    latency_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def observe(self, size: int, seconds: float) -> None:
+        self.batch_counts[bisect.bisect_left(BATCH_BUCKETS, size)] += 1
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
 
 class GroupCommitter:
@@ -278,6 +295,7 @@ class GroupCommitter:
             task.future.set_result(result)
 
     def _commit(self, jobs: list[_Job], staged: StagedBlobs | None) -> None:
+        started = time.perf_counter()
         try:
             if staged is None:
                 raise StoreError("blob staging failed")
@@ -302,6 +320,7 @@ class GroupCommitter:
         self.stats.batches += 1
         self.stats.deliveries += len(jobs)
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
+        self.stats.observe(len(jobs), time.perf_counter() - started)
         _resolve([(job, job_uids, None) for job, job_uids in zip(jobs, uids, strict=True)])
 
     def _fail(self, job: _Job, exc: BaseException) -> None:

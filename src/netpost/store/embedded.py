@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,16 @@ from netpost.store.check import CheckReport, Progress, check_store
 from netpost.store.committer import GroupCommitter
 from netpost.store.dbblobs import SQLiteBlobStore
 from netpost.store.feed import LocalChangeFeed
-from netpost.store.interfaces import AdminStores, GarbageReport, StoreError, Stores
+from netpost.store.interfaces import (
+    Accounts,
+    AdminStores,
+    BlobStore,
+    GarbageReport,
+    MailboxCatalogue,
+    Messages,
+    StoreError,
+    Stores,
+)
 from netpost.store.migrate import MigrationReport, is_migrated, mark_migrated, migrate_layout
 from netpost.store.sqlite import SQLiteStore
 from netpost.store.sqlleases import SQLiteLeases
@@ -118,6 +127,40 @@ def open_admin(data_dir: Path) -> AdminStores:
                        queue=SQLiteQueue(meta), shares=SQLiteShares(meta),
                        leases=SQLiteLeases(meta), tokens=SQLiteTokens(meta),
                        closer=meta.close)
+
+
+@dataclass(frozen=True)
+class MailReader:
+    """Read-only access to the mail of a data directory another part of the process (or
+    another process) is serving: what `netpost.testing` reads delivered messages with."""
+
+    accounts: Accounts
+    mailboxes: MailboxCatalogue
+    messages: Messages
+    blobs: BlobStore
+    closer: Callable[[], None]
+
+    def close(self) -> None:
+        self.closer()
+
+
+def open_reader(data_dir: Path) -> MailReader:
+    """Mail roles for reading, with no writer thread and no clean-up of the server's files."""
+    meta = _metadata(data_dir)
+    try:
+        large = FileBlobStore(str(data_dir / BLOB_DIR), fsync_workers=1,
+                              tmp_max_age=float("inf"))
+        small = SQLiteBlobStore(str(data_dir / BLOB_DB_NAME))
+    except BaseException:
+        meta.close()
+        raise
+    blobs = TieredBlobStore(small, large)
+
+    def close() -> None:
+        blobs.close()
+        meta.close()
+
+    return MailReader(accounts=meta, mailboxes=meta, messages=meta, blobs=blobs, closer=close)
 
 
 def embedded_maintenance(stores: Stores) -> EmbeddedMaintenance:

@@ -17,6 +17,7 @@ from netpost.web.shares import PREFIX, ShareFiles, share_routes
 
 if TYPE_CHECKING:
     from netpost.services import Services
+    from netpost.web.service import WebConfig
 
 # (client host, client port) -> the connection's trace function, or None
 TraceLookup = Callable[[tuple[str, int] | None], Callable[[str, str], None] | None]
@@ -42,9 +43,11 @@ class NetpostMiddleware:
     """Default headers on every answer; each request and answer in the protocol trace
     (`C: GET /s/abcdef…/file` / `S: 206 100`, the number being the body octets sent)."""
 
-    def __init__(self, app: ASGIApp, trace_of: TraceLookup | None = None) -> None:
+    def __init__(self, app: ASGIApp, trace_of: TraceLookup | None = None,
+                 status_counts: dict[int, int] | None = None) -> None:
         self.app = app
         self.trace_of = trace_of
+        self.status_counts = status_counts  # answers by status, for /metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,6 +74,8 @@ class NetpostMiddleware:
             nonlocal status, sent, done
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if self.status_counts is not None:
+                    self.status_counts[status] = self.status_counts.get(status, 0) + 1
                 headers = list(message.get("headers", ()))
                 have = {k.lower() for k, _ in headers}
                 headers += [(k, v) for k, v in DEFAULT_HEADERS if k not in have]
@@ -91,13 +96,19 @@ class NetpostMiddleware:
 
 
 def create_app(services: Services, *, send_timeout: float = 60.0,
-               trace_of: TraceLookup | None = None) -> Starlette:
+               trace_of: TraceLookup | None = None,
+               settings: WebConfig | None = None) -> Starlette:
     """The web app over netpost's services: shared files at `/s/<token>[/<path>]`."""
     if services.files is None:
         raise ValueError("the web service needs the users' file trees (a data directory)")
     files = ShareFiles(services.stores.shares, services.files)
     routes: list[BaseRoute] = [*share_routes(files, send_timeout=send_timeout)]
-    # Issue 11: Mount("/api/v1", ...) and the UI go here.
+    # The web API at /api/v1 and /metrics (web/api/, web/metrics.py); the UI goes here too.
+    from netpost.web.api import api_routes
+    from netpost.web.service import WebConfig
+
+    status_counts: dict[int, int] = {}
+    routes += api_routes(services, settings or WebConfig(), status_counts)
     app = Starlette(routes=routes)
-    app.add_middleware(NetpostMiddleware, trace_of=trace_of)
+    app.add_middleware(NetpostMiddleware, trace_of=trace_of, status_counts=status_counts)
     return app

@@ -112,6 +112,9 @@ def serve_app(app_of: Callable[[Callable[[tuple[str, int] | None], Trace | None]
             lifespan="off", log_config=None, access_log=False, proxy_headers=False,
             server_header=False, timeout_keep_alive=max(1, int(idle_timeout)),
             timeout_graceful_shutdown=max(1, min(4, int(shutdown_grace))), backlog=1024,
+            # Implicit TLS (the https listener): the certificate of every other service.
+            ssl_context_factory=((lambda _config, _default: tls) if (tls := listener.ssl_context)
+                                 is not None else None),
         )
         server = _Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class WebConfig:
-    """[web]: the HTTP listener serving shared files (`netpost share`)."""
+    """[web]: the HTTP(S) listeners: shared files (`netpost share`) and the web API."""
 
     base_url: str = setting("", "the URL shares are published under, e.g. "
                             "https://files.example.org (empty: http://[server] hostname and "
@@ -25,8 +25,19 @@ class WebConfig:
                                   "head, and stay idle between requests", positive=True)
     send_timeout: float = setting(60.0, "seconds a client may take to accept each 256 KiB "
                                   "of a download before it is cut off", positive=True)
+    admins: tuple[str, ...] = setting(
+        ("demo@netpost.test",), "accounts that administer netpost through the web API "
+        "(domains, users, queue...); others see only their own mail and files. The demo "
+        "account is one so that the demo works: change this on a real server")
+    session_lifetime: float = setting(12 * 3600.0, "seconds a browser login lasts",
+                                      positive=True)
+    metrics: str = setting("token", "Prometheus /metrics: \"off\", \"token\" (an "
+                           "administrator's API token as Bearer) or \"public\"")
 
     def validate(self) -> None:
+        if self.metrics not in ("off", "token", "public"):
+            raise ValueError(f"metrics must be \"off\", \"token\" or \"public\", not "
+                             f"{self.metrics!r}")
         if self.base_url:
             parts = urlsplit(self.base_url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -42,7 +53,8 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> ServerHandler:
     services = ctx.services
 
     def app_of(trace_of: TraceLookup) -> ASGIApp:
-        return create_app(services, send_timeout=web.send_timeout, trace_of=trace_of)
+        return create_app(services, send_timeout=web.send_timeout, trace_of=trace_of,
+                          settings=web)
 
     return ServerHandler(serve_app(app_of, idle_timeout=web.idle_timeout,
                                    shutdown_grace=ctx.config.server.shutdown_grace))
@@ -50,9 +62,12 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> ServerHandler:
 
 SERVICE = Service(
     name="web",
-    doc="HTTP: files and folders users publish with 'netpost share add' (issue 11 adds the "
-        "API and UI).",
+    doc="HTTP and HTTPS: files and folders users publish with 'netpost share add', and the "
+        "web API (/api/v1, docs at /api/v1/docs; docs/api.md).",
     settings=WebConfig,
-    listeners=(ListenerDecl("http", "http", 80, "HTTP: shared files", tls=TLSMode.NONE),),
+    listeners=(ListenerDecl("http", "http", 80, "HTTP: shared files, web API (/api/v1)",
+                            tls=TLSMode.NONE),
+               ListenerDecl("https", "https", 443, "HTTPS: the same, over TLS",
+                            tls=TLSMode.IMPLICIT)),
     build=build,
 )
