@@ -22,6 +22,10 @@ IMAPTEST_BUILD="dovecot-dev build-essential autoconf automake libtool pkg-config
 PACKAGES="$CLIENTS $DHCP $IMAPTEST_BUILD"
 TOOLS="knotd knotc postfix postconf smtp-sink swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl doveadm lftp sftp ssh-keygen sshpass chronyd chronyc ntpdig ip"
 TOOLS="$TOOLS dhclient udhcpc dhcpcd dhcping nmap perfdhcp kea-dhcp4"
+# The user agent's PGP interop tests (tests/agent): GnuPG and Sequoia's sq check what netpost
+# signs and encrypts and make what it must read; tmux drives the $EDITOR compose flow (vim).
+PACKAGES="$PACKAGES gnupg sq tmux vim"
+TOOLS="$TOOLS gpg sq tmux vim"
 BUILD_TOOLS="autoreconf automake libtoolize pkg-config make cc"
 missing=""
 for t in $TOOLS $BUILD_TOOLS; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done

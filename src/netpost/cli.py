@@ -262,11 +262,57 @@ def cmd_user_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_pgp_key(args: argparse.Namespace) -> int:
+    """`user pgp-key set USER FILE|-`, `user pgp-key show USER`, `user pgp-key remove USER`:
+    the OpenPGP public key the http listener publishes for USER by WKD (web/wkd.py)."""
+    from netpost.mail.webkeys import BadKey, WebKeys
+
+    verb, user, arg = args.address, args.size, args.extra
+    usage = ("say e.g. 'netpost user pgp-key set alice@example.org alice.asc' (or - for "
+             "standard input), 'user pgp-key show alice@example.org' or "
+             "'user pgp-key remove alice@example.org'")
+    if verb not in ("set", "show", "remove") or user is None or (verb == "set") != (
+            arg is not None):
+        raise CLIError(usage)
+    address = check_address(user)
+    with _store(args) as stores:
+        if stores.accounts.get_account(address) is None:
+            raise CLIError(f"no user {address}")
+    keys = WebKeys(data_dir(args))
+    path = keys.path_of(address)
+    if verb == "show":
+        if not path.exists():
+            raise CLIError(f"{address} has no published OpenPGP key")
+        import pysequoia
+
+        sys.stdout.write(str(pysequoia.Cert.from_bytes(path.read_bytes())))
+        return 0
+    if verb == "remove":
+        if not keys.remove(address):
+            raise CLIError(f"{address} has no published OpenPGP key")
+        print(f"removed the OpenPGP key of {address} from the web key directory")
+        return 0
+    assert arg is not None
+    try:
+        data = sys.stdin.buffer.read() if arg == "-" else Path(arg).read_bytes()
+    except OSError as exc:
+        raise CLIError(f"cannot read {arg}: {exc.strerror}") from None
+    try:
+        fingerprint = keys.set(address, data)
+    except BadKey as exc:
+        raise CLIError(f"{'standard input' if arg == '-' else arg}: {exc}") from None
+    print(f"published OpenPGP key {fingerprint} for {address} "
+          f"(WKD: /.well-known/openpgpkey/{address.rpartition('@')[2]}/hu/{path.name})")
+    return 0
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     from netpost.auth.passwords import hash_password
 
     if args.action == "key":
         return cmd_user_key(args)
+    if args.action == "pgp-key":
+        return cmd_user_pgp_key(args)
     if args.extra is not None:
         raise CLIError(f"unexpected argument {args.extra!r}")
     with _store(args) as stores:
@@ -305,6 +351,9 @@ def cmd_user(args: argparse.Namespace) -> int:
 
             accounts.remove_account(address)
             AuthorizedKeys(data_dir(args)).drop(address)  # a new account of that name
+            from netpost.mail.webkeys import WebKeys
+
+            WebKeys(data_dir(args)).remove(address)
             print(f"removed user {address} and its mail")
         return 0
 
@@ -770,8 +819,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Accounts: add, list, del, passwd, quota. SSH public keys "
                                    "for SFTP: 'user key add USER KEYFILE' (- reads standard "
                                    "input), 'user key list USER', 'user key remove USER "
-                                   "FINGERPRINT'.")
-    u.add_argument("action", choices=["add", "list", "del", "passwd", "quota", "key"])
+                                   "FINGERPRINT'. OpenPGP key published by WKD: 'user "
+                                   "pgp-key set USER FILE' (- reads standard input), 'user "
+                                   "pgp-key show USER', 'user pgp-key remove USER'.")
+    u.add_argument("action", choices=["add", "list", "del", "passwd", "quota", "key",
+                                      "pgp-key"])
     u.add_argument("address", nargs="?", help="e.g. alice@example.org (key: add, list or "
                    "remove)")
     u.add_argument("size", nargs="?", help="quota: storage limit (RFC 9208), e.g. 2G, 500M, "

@@ -98,11 +98,17 @@ class NetpostMiddleware:
 def create_app(services: Services, *, send_timeout: float = 60.0,
                trace_of: TraceLookup | None = None,
                settings: WebConfig | None = None) -> Starlette:
-    """The web app over netpost's services: shared files at `/s/<token>[/<path>]`."""
+    """The web app over netpost's services: shared files at `/s/<token>[/<path>]`, users'
+    OpenPGP keys at `/.well-known/openpgpkey/...` (WKD)."""
     if services.files is None:
         raise ValueError("the web service needs the users' file trees (a data directory)")
     files = ShareFiles(services.stores.shares, services.files)
     routes: list[BaseRoute] = [*share_routes(files, send_timeout=send_timeout)]
+    if services.data_dir is not None:  # users' OpenPGP keys by WKD (web/wkd.py)
+        from netpost.mail.webkeys import WebKeys
+        from netpost.web.wkd import wkd_routes
+
+        routes += wkd_routes(WebKeys(services.data_dir))
     # The web API at /api/v1 and /metrics (web/api/, web/metrics.py); the UI goes here too.
     from netpost.web.api import api_routes
     from netpost.web.service import WebConfig
