@@ -115,11 +115,13 @@ def _decoded(part: Message) -> bytes:
 
 
 def _text(part: Message, data: bytes) -> str:
+    """The decoded text, with the wire's CRLF line ends made \n."""
     charset = part.get_content_charset() or "utf-8"
     try:
-        return data.decode(charset, "replace")
+        text = data.decode(charset, "replace")
     except LookupError:
-        return data.decode("utf-8", "replace")
+        text = data.decode("utf-8", "replace")
+    return text.replace("\r\n", "\n")
 
 
 def describe(raw: bytes) -> tuple[list[tuple[str, str]], list[MimePart]]:

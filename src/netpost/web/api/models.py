@@ -269,7 +269,8 @@ class MimePart(BaseModel):
     disposition: str | None = None
     size: int = Field(description="octets of the decoded content")
     text: str | None = Field(None, description="the decoded text of text/plain and text/html "
-                             "parts up to 1 MiB (HTML is NOT sanitised: render it with care)")
+                             "parts up to 1 MiB, lines ending in \\n (HTML is NOT "
+                             "sanitised: render it with care)")
 
 
 class MessageDetail(BaseModel):
