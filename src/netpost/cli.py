@@ -717,6 +717,7 @@ def cmd_leases(args: argparse.Namespace) -> int:
     import time
 
     from netpost.dhcp.packet import describe_key
+    from netpost.dhcp.packet6 import describe_duid
 
     now = time.time()
     with _store(args) as stores:
@@ -739,8 +740,9 @@ def cmd_leases(args: argparse.Namespace) -> int:
         if lease is None:
             raise CLIError(f"no lease of {args.address}")
         if args.action == "show":
+            client = (describe_duid if lease.family == 6 else describe_key)(lease.client)
             print(f"address:  {lease.address}\nstate:    {_lease_state(lease, now)}"
-                  f"\nclient:   {describe_key(lease.client)}"
+                  f"\nclient:   {client}"
                   + (f" (IAID {lease.iaid})" if lease.iaid is not None else "")
                   + f"\nhardware: {lease.hardware or '-'}\nhostname: {lease.hostname or '-'}"
                   f"\nsubnet:   {lease.subnet or '-'}\nstarts:   {_when(lease.starts)}"
@@ -788,8 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run every service; prints where each listens.")
     s.add_argument("--config", metavar="FILE", help="config file (default DATA/netpost.toml)")
     s.add_argument("--listen", action="append", default=[], metavar="NAME=HOST:PORT",
-                   help="override a listener's address, or NAME=off, or dhcp=IFACE (serve "
-                        "DHCP on that network interface); repeatable "
+                   help="override a listener's address, or NAME=off, or dhcp=IFACE / "
+                        "dhcp6=IFACE (serve DHCP on that network interface); repeatable "
                         f"(names: {', '.join(default_registry().listener_names())})")
     s.add_argument("--trace", action="store_true", help="trace every session (see 'trace')")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")

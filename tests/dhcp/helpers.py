@@ -47,8 +47,10 @@ class DHCPServer:
     """netpost serving DHCP on the server end of `net`, every other listener off."""
 
     def __init__(self, net: NamespacePair, data: Path, config: str,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), listeners: tuple[str, ...] = ("dhcp",)
+                 ) -> None:
         self.net = net
+        self.listeners = listeners  # turned on for the server's interface; the rest off
         self.data = data
         self.config = config
         self.extra_args = extra_args
@@ -60,7 +62,7 @@ class DHCPServer:
         (self.data / "netpost.toml").write_text(self.config)
         args = []
         for name in default_registry().listener_names():
-            args += ["--listen", f"dhcp={self.net.server_if}" if name == "dhcp"
+            args += ["--listen", f"{name}={self.net.server_if}" if name in self.listeners
                      else f"{name}=off"]
         out = self.log.open("a")
         self.proc = subprocess.Popen(

@@ -142,3 +142,10 @@ def test_summary() -> None:
     assert p6.summary(SOLICIT).startswith("SOLICIT xid=0xabcdef client=")
     assert "ia_na=16909060" in p6.summary(SOLICIT)
     assert p6.summary(b"\x01").startswith("<malformed")
+
+
+def test_fuzz_target_replays_its_corpus() -> None:
+    from fuzz import fuzz_dhcp6
+    from fuzz.replay import replay
+
+    assert replay(fuzz_dhcp6.one_input, ["fuzz/corpus/dhcp6"]) >= 2

@@ -17,7 +17,10 @@ from netpost.config import ConfigError, ListenAddress
 from netpost.dhcp.engine import DHCPEngine, EngineSettings, Link
 from netpost.dhcp.ping import Pinger
 from netpost.dhcp.server import DHCPHandler, interface_address, load_records
+from netpost.dhcp.service6 import LISTENER as DHCP6_LISTENER
+from netpost.dhcp.service6 import build6, subnet6_tables
 from netpost.dhcp.subnets import parse_subnets
+from netpost.dhcp.subnets6 import parse_subnets6
 from netpost.net.datagram import DatagramListener
 from netpost.registry import BuildContext, ListenerDecl, Service, TLSMode, Transport, setting
 
@@ -41,6 +44,11 @@ class DHCPConfig:
         (), "[[dhcp.subnets]] tables: network, pools, router, dns_servers, domain_name, "
         "search, routes, mtu, ntp_servers, lease_time, options, [[dhcp.subnets.reservations]] "
         "(see docs/dhcp.md)", parse=_subnet_tables)
+    subnets6: tuple[Any, ...] = setting(
+        (), "[[dhcp.subnets6]] tables (DHCPv6, listener dhcp6): prefix, pools, "
+        "valid_lifetime, preferred_lifetime, dns_servers, domain_list, ntp_servers, "
+        "rapid_commit, [[dhcp.subnets6.reservations]] by duid (see docs/dhcp.md)",
+        parse=subnet6_tables)
     lease_time: int = setting(3600, "seconds a lease lasts unless a subnet says otherwise",
                               positive=True)
     server_address: str = setting("", "the server identifier (option 54); empty: the "
@@ -66,6 +74,7 @@ class DHCPConfig:
 
     def validate(self) -> None:
         parse_subnets(list(self.subnets), self.lease_time)
+        parse_subnets6(list(self.subnets6), self.lease_time)
         if self.server_address:
             IPv4Address(self.server_address)
 
@@ -88,6 +97,8 @@ def server_identifier(dhcp: DHCPConfig, address: ListenAddress) -> IPv4Address:
 
 
 def build(ctx: BuildContext, decl: ListenerDecl) -> Any:
+    if decl.name == DHCP6_LISTENER.name:
+        return build6(ctx)
     dhcp: DHCPConfig = ctx.settings
     subnets = parse_subnets(list(dhcp.subnets), dhcp.lease_time)
     leases = ctx.services.stores.leases
@@ -123,12 +134,13 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> Any:
 
 SERVICE = Service(
     name="dhcp",
-    doc="DHCPv4 (RFC 2131): addresses and network settings for the hosts of a link. Off until "
-    "a listener is given: --listen dhcp=IFACE.",
+    doc="DHCPv4 (RFC 2131) and DHCPv6 (RFC 8415): addresses and network settings for the hosts "
+    "of a link. Off until a listener is given: --listen dhcp=IFACE, --listen dhcp6=IFACE.",
     settings=DHCPConfig,
     listeners=(
         ListenerDecl("dhcp", "dhcp", 67, "DHCPv4 address desk", transport=Transport.UDP,
                      tls=TLSMode.NONE, enabled=False),
+        DHCP6_LISTENER,
     ),
     build=build,
 )

@@ -8,7 +8,10 @@ goes in `listener.spawn`, whose tasks the supervisor lets finish on shutdown.
 
 A handler that sets `kernel_timestamps` (NTP) gets a listener that reads its socket itself:
 every datagram waiting is taken per wake-up with recvmsg, each with the kernel's arrival time
-(SO_TIMESTAMPNS) as `Datagram.received`, and answers go straight out with sendto.
+(SO_TIMESTAMPNS) as `Datagram.received`, and answers go straight out with sendto.  A handler
+whose `open_socket` makes its own socket (DHCPv6: IPv6, a multicast group joined, packet info
+on) is read the same way, and each datagram says where it was sent (`Datagram.destination`,
+from IPV6_PKTINFO when the socket asks for it).
 
 A source (IP address; IPv6 by /64) that sends faster than `rate` datagrams per second, after
 a burst of `burst`, has the excess dropped and counted: a UDP server must never be an
@@ -47,6 +50,7 @@ READ_SIZE = 4096  # largest datagram a timestamping listener takes (longer ones 
 SO_TIMESTAMPNS = 35 if sys.platform == "linux" and platform.machine() in (
     "x86_64", "aarch64", "arm64") else None
 _TIMESPEC = struct.Struct("@qq")
+_IN6_PKTINFO = struct.Struct("@16sI")  # struct in6_pktinfo: the destination, the interface
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Datagram:
     data: bytes
     peer: tuple[str, int]  # (address, port) it came from
     received: float  # wall-clock time of arrival (time.time()), e.g. NTP's receive timestamp
+    destination: str | None = None  # the address it was sent to, when the socket says
 
 
 @dataclass
@@ -83,6 +88,11 @@ class DatagramHandler(ABC):
 
     def __init__(self, listener: DatagramListener) -> None:
         self.listener = listener
+
+    def open_socket(self) -> socket.socket | None:
+        """A bound, non-blocking socket made by the handler itself, or None (the listener
+        makes one).  The listener then reads it with recvmsg (`Datagram.destination`)."""
+        return None
 
     @abstractmethod
     def receive(self, batch: list[Datagram]) -> None:
@@ -129,6 +139,13 @@ class DatagramListener(asyncio.DatagramProtocol):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         addr = self.spec.address
+        own = self.handler.open_socket()
+        if own is not None:
+            self._sock = own
+            self._loop.add_reader(own.fileno(), self._read_socket)
+            name = own.getsockname()
+            self.bound = ListenAddress(name[0], name[1], addr.interface)
+            return
         if self.handler.kernel_timestamps and addr.interface is None:
             self._sock = self._timestamping_socket()
             self._loop.add_reader(self._sock.fileno(), self._read_socket)
@@ -256,7 +273,7 @@ class DatagramListener(asyncio.DatagramProtocol):
         if sock is None:
             return
         recvmsg = sock.recvmsg
-        space = socket.CMSG_SPACE(_TIMESPEC.size)
+        space = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_IN6_PKTINFO.size)
         for _ in range(MAX_BATCH):
             try:
                 data, ancillary, flags, addr = recvmsg(READ_SIZE, space)
@@ -266,17 +283,23 @@ class DatagramListener(asyncio.DatagramProtocol):
                 log.debug("%s: %s", self.spec.name, exc)
                 continue
             received = None
+            destination = None
             for level, kind, value in ancillary:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     seconds, nanoseconds = _TIMESPEC.unpack_from(value)
                     received = seconds + nanoseconds * 1e-9
+                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and \
+                        len(value) >= _IN6_PKTINFO.size:
+                    destination = socket.inet_ntop(socket.AF_INET6,
+                                                   _IN6_PKTINFO.unpack_from(value)[0])
             if flags & socket.MSG_TRUNC:
                 self.stats.received += 1
                 self.stats.dropped += 1  # longer than READ_SIZE: no protocol here sends that
                 continue
-            self._accept(data, addr, time.time() if received is None else received)
+            self._accept(data, addr, time.time() if received is None else received, destination)
 
-    def _accept(self, data: bytes, addr: tuple[str | Any, int], now: float) -> None:
+    def _accept(self, data: bytes, addr: tuple[str | Any, int], now: float,
+                destination: str | None = None) -> None:
         self.stats.received += 1
         if self.stopping:
             return
@@ -288,7 +311,7 @@ class DatagramListener(asyncio.DatagramProtocol):
         if len(self._queue) >= MAX_QUEUED:
             self.stats.overflowed += 1
             return
-        self._queue.append(Datagram(data, peer, now))
+        self._queue.append(Datagram(data, peer, now, destination))
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._drain)

@@ -1,0 +1,208 @@
+"""Real DHCPv6 clients against netpost, inside a pair of network namespaces made per test.
+
+The server end gets 2001:db8:99::1/64 (its subnet) and both ends their link-local addresses;
+duplicate address detection is turned off on both veths (a client whose MAC address changes
+gets a new link-local address, usable at once) and the first addresses are waited for, so that
+none is still "tentative" when the first SOLICIT goes.  dhclient -6 gets an
+address, renews it at T1 and releases it; a restart (even kill -9) keeps the binding;
+perfdhcp -6 runs full SOLICIT/ADVERTISE/REQUEST/REPLY exchanges.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.dhcp.helpers import DHCPServer, require
+from tests.dhcp.test_clients import lease_state, trace, wait_for
+from tests.support.netns import NamespacePair
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+SERVER6 = "2001:db8:99::1"
+PREFIX = "2001:db8:99::/64"
+
+
+def subnet6_toml(pool: str = "2001:db8:99::100-2001:db8:99::1ff", valid: int = 40,
+                 preferred: int = 30, extra: str = "") -> str:
+    # T1 = 15 s, T2 = 24 s by default (0.5 and 0.8 x preferred): a renewal within a test
+    return f"""
+[[dhcp.subnets6]]
+prefix = "{PREFIX}"
+pools = ["{pool}"]
+valid_lifetime = {valid}
+preferred_lifetime = {preferred}
+dns_servers = ["{SERVER6}"]
+domain_list = ["lan.test"]
+ntp_servers = ["{SERVER6}"]
+{extra}
+"""
+
+
+def link_up6(net: NamespacePair) -> None:
+    """The server's global address, and both link-local addresses past DAD."""
+    net.server("sysctl", "-qw", f"net.ipv6.conf.{net.server_if}.accept_dad=0")
+    net.client("sysctl", "-qw", f"net.ipv6.conf.{net.client_if}.accept_dad=0")
+    got = net.server("ip", "-6", "addr", "add", f"{SERVER6}/64", "dev", net.server_if,
+                     "nodad")
+    assert got.returncode == 0, got.stderr
+
+    def ready() -> bool:
+        client = net.client("ip", "-6", "addr", "show", "dev", net.client_if).stdout
+        server = net.server("ip", "-6", "addr", "show", "dev", net.server_if).stdout
+        return "fe80" in client and "fe80" in server and "tentative" not in client + server
+
+    wait_for(ready, 10, "link-local addresses")
+
+
+@pytest.fixture
+def net() -> Iterator[NamespacePair]:
+    with NamespacePair("d6") as pair:
+        link_up6(pair)
+        yield pair
+
+
+def serve(net: NamespacePair, tmp_path: Path, config: str | None = None) -> DHCPServer:
+    server = DHCPServer(net, tmp_path / "data", config or subnet6_toml(), ("--trace",),
+                        listeners=("dhcp6",))
+    server.start()
+    return server
+
+
+def client_addresses6(net: NamespacePair) -> list[str]:
+    out = net.client("ip", "-6", "-o", "addr", "show", "dev", net.client_if,
+                     "scope", "global").stdout
+    return [line.split()[3] for line in out.splitlines()]
+
+
+def bound_address6(net: NamespacePair) -> str:
+    addresses = client_addresses6(net)
+    assert len(addresses) == 1, addresses
+    address, prefix = addresses[0].split("/")
+    assert address.startswith("2001:db8:99::1"), address
+    return address
+
+
+def with_duid(tmp_path: Path, name: str, n: int) -> str:
+    """A lease file for dhclient holding the DUID-LL of 02:00:00:00:06:nn (dhclient takes its
+    DUID from `default-duid` there): another client on the same interface.  Changing the
+    interface's MAC address instead would leave the server's neighbour cache pointing at the
+    old one, and its unicast replies would not arrive."""
+    duid = bytes.fromhex(f"0003 0001 0200000006{n:02x}")  # DUID-LL, Ethernet
+    text = "".join(f"\\{b:03o}" for b in duid)
+    (tmp_path / f"{name}.leases").write_text(f'default-duid "{text}";\n')
+    return name
+
+
+def dhclient6(net: NamespacePair, tmp_path: Path, *args: str, name: str = "dhclient6"
+              ) -> subprocess.CompletedProcess[str]:
+    files = ["-lf", str(tmp_path / f"{name}.leases"), "-pf", str(tmp_path / f"{name}.pid")]
+    return net.client("dhclient", "-6", "-v", *args, *files, net.client_if, timeout=60)
+
+
+def test_dhclient6_address_renew_release(net: NamespacePair, tmp_path: Path) -> None:
+    require("dhclient")
+    server = serve(net, tmp_path)
+    try:
+        got = dhclient6(net, tmp_path, "-1")  # goes to the background once bound
+        assert got.returncode == 0, got.stderr
+        assert "RCV: Advertise message" in got.stderr and "RCV: Reply message" in got.stderr
+        address = bound_address6(net)
+        assert lease_state(server, address) == "bound"
+        shown = server.cli("leases", "show", address).stdout
+        assert "IAID" in shown and f"subnet:   {PREFIX}" in shown
+        listed = server.cli("leases", "list").stdout
+        assert re.search(rf"^{re.escape(address)}\s+bound", listed, re.M), listed
+        # RENEW at T1 (15 s), to the multicast group, answered with fresh lifetimes
+        wait_for(lambda: re.search(r"S: REPLY .*addr=" + re.escape(address) + "/40",
+                                   trace(server).split("C: RENEW", 1)[-1])
+                 is not None and "C: RENEW" in trace(server), 30, "dhclient's renewal")
+        released = dhclient6(net, tmp_path, "-r")
+        assert released.returncode == 0, released.stderr
+        assert "Release" in released.stderr
+        wait_for(lambda: lease_state(server, address) == "released", 10, "the release")
+        assert "C: RELEASE" in trace(server)
+        assert "status=SUCCESS" in trace(server)
+    finally:
+        dhclient6(net, tmp_path, "-x")
+        server.stop()
+
+
+def test_restart_keeps_v6_bindings_even_after_kill_9(net: NamespacePair,
+                                                      tmp_path: Path) -> None:
+    require("dhclient")
+    server = serve(net, tmp_path, subnet6_toml(valid=600, preferred=500))
+    try:
+        got = dhclient6(net, tmp_path, "-1")
+        assert got.returncode == 0, got.stderr
+        address = bound_address6(net)
+        duid = (server.data / "dhcp6" / "server-duid").read_text()
+        dhclient6(net, tmp_path, "-x")  # stop without a release
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGKILL)  # the REPLY was sent: the lease is on disk
+        server.proc.wait(10)
+        server.start()
+        assert lease_state(server, address) == "bound"
+        assert (server.data / "dhcp6" / "server-duid").read_text() == duid  # the same server
+        # the same client again, from its lease file: the same address
+        net.client("ip", "-6", "addr", "flush", "dev", net.client_if, "scope", "global")
+        again = dhclient6(net, tmp_path, "-1")
+        assert again.returncode == 0, again.stderr
+        assert bound_address6(net) == address
+        dhclient6(net, tmp_path, "-x")
+        # another client (another DUID) gets another address
+        net.client("ip", "-6", "addr", "flush", "dev", net.client_if, "scope", "global")
+        other = dhclient6(net, tmp_path, "-1", name=with_duid(tmp_path, "other", 9))
+        assert other.returncode == 0, other.stderr
+        assert bound_address6(net) != address
+        dhclient6(net, tmp_path, "-x", name="other")
+    finally:
+        server.stop()
+
+
+def test_exhausted_v6_pool_never_gives_an_address_twice(net: NamespacePair,
+                                                        tmp_path: Path) -> None:
+    require("dhclient")
+    server = serve(net, tmp_path, subnet6_toml(pool="2001:db8:99::100-2001:db8:99::101",
+                                               valid=600, preferred=500))
+    given: dict[int, str] = {}
+    try:
+        for n in range(1, 4):
+            net.client("ip", "-6", "addr", "flush", "dev", net.client_if, "scope", "global")
+            name = with_duid(tmp_path, f"c{n}", n)
+            got = net.client("timeout", "12", "dhclient", "-6", "-v", "-1", "-lf",
+                             str(tmp_path / f"{name}.leases"), "-pf",
+                             str(tmp_path / f"{name}.pid"), net.client_if, timeout=60)
+            if got.returncode == 0 and client_addresses6(net):
+                given[n] = bound_address6(net)
+            dhclient6(net, tmp_path, "-x", name=name)
+        assert len(given) == 2 and len(set(given.values())) == 2, given
+        assert "status=NO_ADDRS_AVAIL" in trace(server)
+    finally:
+        server.stop()
+    assert "pool of 2001:db8:99::/64 exhausted" in server.output()
+
+
+def test_perfdhcp6(net: NamespacePair, tmp_path: Path) -> None:
+    require("perfdhcp")
+    server = serve(net, tmp_path, subnet6_toml(pool="2001:db8:99::1000-2001:db8:99::ffff",
+                                               valid=600, preferred=500))
+    try:
+        started = time.monotonic()
+        run = net.client("perfdhcp", "-6", "-l", net.client_if, "-r", "100", "-R", "200",
+                         "-n", "300", "-W", "500000", timeout=120)
+        assert time.monotonic() - started < 60
+        out = run.stdout
+        assert "SOLICIT-ADVERTISE" in out and "REQUEST-REPLY" in out, out + run.stderr
+        drops = [float(x) for x in re.findall(r"drops ratio:\s+([\d.]+)", out)]
+        assert drops and max(drops) < 1.0, out
+        listed = server.cli("leases", "list").stdout
+        assert len(re.findall(r"^2001:db8:99::\S+\s+bound", listed, re.M)) == 200, listed
+    finally:
+        server.stop()
