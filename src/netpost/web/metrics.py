@@ -105,6 +105,22 @@ class NetpostCollector(Collector):
         yield logins
         yield from self._queue()
         yield from self._commits()
+        yield from self._ntp()
+
+    def _ntp(self) -> Iterator[Metric]:
+        from netpost.ntp.service import runtime_of
+
+        ntp = runtime_of(self.s)
+        if ntp is None:
+            return
+        counts = CounterMetricFamily("netpost_ntp_requests", "NTP requests by what was done "
+                                     "with them (replies, nts_replies, kod_rate, malformed, "
+                                     "...)", labels=["outcome"])
+        for f in dataclasses.fields(ntp.stats):
+            counts.add_metric([f.name], float(getattr(ntp.stats, f.name)))
+        yield counts
+        yield GaugeMetricFamily("netpost_ntp_stratum", "the stratum served",
+                                value=float(ntp.clock.state(time.time()).stratum))
 
     def _queue(self) -> Iterator[Metric]:
         queue = self.s.stores.queue

@@ -188,3 +188,19 @@ def test_openapi_document_and_docs_page(api: Api) -> None:
     # The demo password never becomes an admin's elsewhere: only [web] admins are.
     me = httpx.post(api.base + "/api/v1/login", json={"address": ALICE, "password": PASSWORD})
     assert me.json()["admin"] is False
+
+
+def test_ntp_status_and_leases(api: Api) -> None:
+    import ntplib
+
+    ntplib.NTPClient().request("127.0.0.1", port=api.server.port("ntp"), version=4, timeout=10)
+    with api.client(ADMIN) as c:
+        status = c.get("/status/ntp").json()
+        assert status["running"] is True and status["stratum"] == 10  # the local clock
+        assert status["synchronized"] is False and status["upstreams"] == []
+        assert status["counters"]["requests"] >= 1 and status["counters"]["replies"] >= 1
+        assert c.get("/leases").json() == {"leases": []}  # DHCP is off here
+        metrics = c.get(api.base + "/metrics").text
+        assert 'netpost_ntp_requests_total{outcome="replies"}' in metrics
+    with api.client(ALICE) as c:
+        assert c.get("/status/ntp").status_code == 403

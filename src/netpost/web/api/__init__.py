@@ -59,7 +59,7 @@ def build_api(services: Services, settings: WebConfig) -> tuple[Api, WebAuth]:
         auth.endpoints(),
         AdminApi(services, auth, base_url=settings.base_url).endpoints(),
         MailApi(services, max_message_size=max_message, hostname=hostname).endpoints(),
-        LiveApi(services.runtime).endpoints(),
+        LiveApi(services).endpoints(),
     ]
     for endpoints in parts:
         for e in endpoints:

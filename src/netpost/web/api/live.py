@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, Field
 from starlette.responses import Response, StreamingResponse
 
-from netpost.runtime import Runtime
+from netpost.services import Services
 from netpost.web.api.framework import Access, ApiError, Call, Endpoint
 from netpost.web.api.models import (
     ListenerInfo,
-    ServiceStatus,
+    NTPStatus,
+    NTPUpstream,
     SessionInfo,
     SessionList,
     TraceStatus,
@@ -51,8 +53,9 @@ def _matches(line: str, q: TraceQuery) -> bool:
 
 
 class LiveApi:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.runtime = services.runtime
 
     def endpoints(self) -> list[Endpoint]:
         a: Access = "admin"
@@ -66,8 +69,8 @@ class LiveApi:
                      media_type="text/event-stream",
                      description="Each event is `event: trace`, `data: <one trace line>` "
                      "(`<time> <session> <peer> C:|S:|*: <text>`)."),
-            Endpoint("GET", "/status/ntp", self.ntp_status, "NTP service status", "live",
-                     access=a, response=ServiceStatus),
+            Endpoint("GET", "/status/ntp", self.ntp_status, "The NTP service: clock state, "
+                     "upstreams, counters", "live", access=a, response=NTPStatus),
         ]
 
     async def sessions(self, call: Call) -> SessionList:
@@ -152,9 +155,22 @@ class LiveApi:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
 
-    async def ntp_status(self, call: Call) -> ServiceStatus:
-        names = [lst.spec.name for lst in self.runtime.listeners]
-        listening = "ntp" in names
-        return ServiceStatus(service="ntp", available=False, detail=(
-            "the NTP service exposes no status object to the web API yet; "
-            + ("its listener is running" if listening else "it is not listening")))
+    async def ntp_status(self, call: Call) -> NTPStatus:
+        from netpost.ntp.service import runtime_of
+
+        ntp = runtime_of(self.services)
+        if ntp is None:
+            raise ApiError(404, "the NTP service is not running (no ntp or nts-ke listener)")
+        state = ntp.clock.state(time.time())
+        ref = state.reference_id
+        reference = (ref.decode("ascii") if state.stratum <= 1 and ref.isascii()
+                     else ".".join(str(b) for b in ref))
+        return NTPStatus(
+            running=any(lst.bound is not None for lst in ntp.ntp_listeners),
+            synchronized=ntp.clock.synchronized, stratum=state.stratum,
+            reference_id=reference, root_delay=state.root_delay,
+            root_dispersion=state.root_dispersion, nts=ntp.keys is not None,
+            system_peer=ntp.status.system_peer, offset=ntp.status.offset,
+            upstreams=[NTPUpstream(**dataclasses.asdict(u)) for u in ntp.status.upstreams],
+            counters={f.name: int(getattr(ntp.stats, f.name))
+                      for f in dataclasses.fields(ntp.stats)})

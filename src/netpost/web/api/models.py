@@ -208,10 +208,30 @@ class TraceStatus(BaseModel):
     listeners: list[str]
 
 
-class ServiceStatus(BaseModel):
-    service: str
-    available: bool
-    detail: str
+class NTPUpstream(BaseModel):
+    name: str
+    address: str | None
+    reach: int
+    stratum: int | None
+    offset: float | None = Field(description="seconds; + = the upstream is ahead")
+    delay: float | None
+    jitter: float | None
+    selected: bool
+    error: str | None
+
+
+class NTPStatus(BaseModel):
+    running: bool = Field(description="an ntp listener is serving")
+    synchronized: bool = Field(description="to an upstream (else the local clock, or none)")
+    stratum: int
+    reference_id: str
+    root_delay: float
+    root_dispersion: float
+    nts: bool = Field(description="NTS cookies can be made (NTS-KE keys loaded)")
+    system_peer: str | None
+    offset: float | None
+    upstreams: list[NTPUpstream]
+    counters: dict[str, int] = Field(description="requests, replies, KoD RATE, ... since start")
 
 
 # --- mail ----------------------------------------------------------------------------------------
