@@ -4,12 +4,16 @@ The server end gets 2001:db8:99::1/64 (its subnet) and both ends their link-loca
 duplicate address detection is turned off on both veths (a client whose MAC address changes
 gets a new link-local address, usable at once) and the first addresses are waited for, so that
 none is still "tentative" when the first SOLICIT goes.  dhclient -6 gets an
-address, renews it at T1 and releases it; a restart (even kill -9) keeps the binding;
-perfdhcp -6 runs full SOLICIT/ADVERTISE/REQUEST/REPLY exchanges.
+address, renews it at T1 and releases it, and so does dhcpcd -6 (also with Rapid Commit); a
+restart (even kill -9) keeps the binding; an exhausted pool gives no address twice; an
+administrator's release reaches the running server; perfdhcp -6 runs full SOLICIT/ADVERTISE/
+REQUEST/REPLY exchanges.  The clients come from scripts/install-test-deps.sh (isc-dhcp-client,
+dhcpcd-base, kea-admin), as for the v4 tests.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -205,4 +209,85 @@ def test_perfdhcp6(net: NamespacePair, tmp_path: Path) -> None:
         listed = server.cli("leases", "list").stdout
         assert len(re.findall(r"^2001:db8:99::\S+\s+bound", listed, re.M)) == 200, listed
     finally:
+        server.stop()
+
+
+def dhcpcd6(net: NamespacePair, tmp_path: Path, *config: str) -> subprocess.Popen[str]:
+    """dhcpcd in the foreground, DHCPv6 only, without waiting for a router advertisement
+    (noipv6rs; `ia_na 1` starts DHCPv6 at once).  Killed with its privilege-separated helpers
+    by the test (third-party-checks.md 5.2's pitfall)."""
+    conf = tmp_path / "dhcpcd.conf"
+    conf.write_text("\n".join(["noipv6rs", "ipv6only", "nohook resolv.conf", *config,
+                               f"interface {net.client_if}", "  ia_na 1", ""]))
+    return subprocess.Popen(
+        ["setsid", "timeout", "-s", "KILL", "90",
+         *net.in_client(["dhcpcd", "-d", "-B", "-6", "-t", "15", "-f", str(conf),
+                         net.client_if])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop(client: subprocess.Popen[str]) -> str:
+    if client.poll() is None:
+        os.killpg(client.pid, signal.SIGKILL)
+    return client.communicate(timeout=20)[0]
+
+
+def test_dhcpcd6_address_renew_release(net: NamespacePair, tmp_path: Path) -> None:
+    require("dhcpcd")
+    server = serve(net, tmp_path)
+    client = dhcpcd6(net, tmp_path)
+    try:
+        wait_for(lambda: client_addresses6(net), 30, "dhcpcd's address")
+        address = bound_address6(net)
+        assert lease_state(server, address) == "bound"
+        wait_for(lambda: "C: RENEW" in trace(server) and
+                 trace(server).split("C: RENEW", 1)[1].count("S: REPLY") > 0, 30,
+                 "dhcpcd's renewal")
+        released = net.client("dhcpcd", "-6", "-k", net.client_if, timeout=30)
+        assert released.returncode == 0, released.stderr
+        wait_for(lambda: lease_state(server, address) == "released", 15, "the release")
+    finally:
+        output = stop(client)
+        server.stop()
+    assert f"adding address {address}/128" in output, output[-3000:]
+    assert "REPLY6 received" in output and "broadcasting RENEW6" in output, output[-3000:]
+    assert "broadcasting RELEASE6" in output, output[-3000:]
+
+
+def test_dhcpcd6_rapid_commit(net: NamespacePair, tmp_path: Path) -> None:
+    require("dhcpcd")
+    server = serve(net, tmp_path)
+    client = dhcpcd6(net, tmp_path, "option rapid_commit")
+    try:
+        wait_for(lambda: client_addresses6(net), 30, "dhcpcd's address")
+        address = bound_address6(net)
+        assert lease_state(server, address) == "bound"
+    finally:
+        output = stop(client)
+        server.stop()
+    text = trace(server)
+    assert re.search(r"C: SOLICIT .*rapid-commit", text), text
+    assert re.search(r"S: REPLY .*addr=" + re.escape(address) + r"/40 rapid-commit", text), text
+    assert "ADVERTISE" not in text and "C: REQUEST" not in text, text
+    assert "REPLY6 received" in output, output[-3000:]
+
+
+def test_administrator_release_reaches_the_running_server(net: NamespacePair,
+                                                          tmp_path: Path) -> None:
+    require("dhclient")
+    server = serve(net, tmp_path)
+    try:
+        got = dhclient6(net, tmp_path, "-1")
+        assert got.returncode == 0, got.stderr
+        address = bound_address6(net)
+        released = server.cli("leases", "release", address)
+        assert released.returncode == 0, released.stderr
+        assert lease_state(server, address) == "released"
+        # the client's RENEW at T1 finds no binding (RFC 8415 18.3.4) ...
+        wait_for(lambda: "status=NO_BINDING" in trace(server), 30, "NoBinding")
+        # ... and it asks again with a REQUEST (18.2.10.1), which binds it anew
+        wait_for(lambda: lease_state(server, address) == "bound", 15, "a new binding")
+        assert "C: REQUEST" in trace(server).split("status=NO_BINDING", 1)[1]
+    finally:
+        dhclient6(net, tmp_path, "-x")
         server.stop()
