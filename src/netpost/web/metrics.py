@@ -103,6 +103,11 @@ class NetpostCollector(Collector):
         for protocol, n in sorted(self.s.auth.throttle.failed_logins.items()):
             logins.add_metric([protocol], float(n))
         yield logins
+        now = time.time()
+        sessions = self.s.stores.tokens.list_tokens(kind="session")
+        yield GaugeMetricFamily("netpost_web_sessions", "browser sessions logged in (not "
+                                "expired)", value=float(sum(not t.expired(now)
+                                                            for t in sessions)))
         yield from self._queue()
         yield from self._commits()
         yield from self._ntp()

@@ -11,6 +11,7 @@ from netpost.registry import BuildContext, ListenerDecl, ServerHandler, Service,
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
+    from netpost.net.workers import Worker
     from netpost.web.app import TraceLookup
 
 
@@ -60,6 +61,21 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> ServerHandler:
                                    shutdown_grace=ctx.config.server.shutdown_grace))
 
 
+def workers(ctx: BuildContext) -> list[Worker]:
+    """Forget expired browser sessions and API tokens every hour (they are refused anyway)."""
+    import asyncio
+    import time
+
+    from netpost.net.workers import periodic
+
+    tokens = ctx.services.stores.tokens
+
+    async def forget() -> None:
+        await asyncio.to_thread(tokens.remove_expired_tokens, time.time())
+
+    return [periodic("expired web sessions", 3600.0, forget, first=60.0)]
+
+
 SERVICE = Service(
     name="web",
     doc="HTTP and HTTPS: files and folders users publish with 'netpost share add', and the "
@@ -70,4 +86,5 @@ SERVICE = Service(
                ListenerDecl("https", "https", 443, "HTTPS: the same, over TLS",
                             tls=TLSMode.IMPLICIT)),
     build=build,
+    workers=workers,
 )

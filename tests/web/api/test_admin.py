@@ -160,7 +160,7 @@ def test_metrics_need_an_admin_token_by_default(api: Api) -> None:
                    "netpost_queue_recipients", "netpost_queue_oldest_age_seconds",
                    "netpost_deliveries_total", "netpost_group_commit_batch_size_bucket",
                    "netpost_group_commit_seconds_sum", 'netpost_http_responses_total{code="401"}',
-                   'netpost_login_failures_total{protocol="web"}'):
+                   'netpost_login_failures_total{protocol="web"}', "netpost_web_sessions"):
         assert needle in text, needle
 
 

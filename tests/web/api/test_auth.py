@@ -234,3 +234,20 @@ def test_unknown_endpoints_and_methods_answer_json(api: Api) -> None:
         assert r.status_code in (404, 405) and "error" in r.json()
     r = httpx.get(api.base + "/api/v1/me")
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_expired_sessions_are_refused_and_forgotten(api: Api) -> None:
+    from netpost.store.embedded import open_admin
+    from netpost.web.api.auth import make_credential
+
+    admin = open_admin(api.server.data)
+    try:
+        old = make_credential(admin.tokens, ALICE, "session", lifetime=0.5)
+        time.sleep(0.6)
+        with httpx.Client(base_url=api.base + "/api/v1", timeout=30) as c:
+            c.cookies.set("netpost_session", old.secret_text)
+            assert c.get("/me").status_code == 401
+        assert admin.tokens.remove_expired_tokens(time.time()) >= 1
+        assert admin.tokens.get_token(old.token.id) is None
+    finally:
+        admin.close()

@@ -50,6 +50,7 @@ CSRF_COOKIE = "netpost_csrf"
 CSRF_HEADER = "x-csrf-token"
 PREFIX = "np_"
 ID_HEX = 16
+MAX_TOKENS = 100  # API tokens one account may make through the API (the CLI is not bounded)
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,8 @@ class WebAuth:
 
     async def create_token(self, call: Call) -> TokenCreated:
         body: TokenCreate = call.body
+        if len(self.tokens.list_tokens(call.user.address)) >= MAX_TOKENS:
+            raise ApiError(409, f"you have {MAX_TOKENS} API tokens: revoke some first")
         new = make_credential(self.tokens, call.user.address, "api", name=body.name,
                               lifetime=body.days * 86400 if body.days is not None else None)
         return TokenCreated(token=new.secret_text, **token_info(new.token).model_dump())
