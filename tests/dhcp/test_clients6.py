@@ -1,9 +1,8 @@
 """Real DHCPv6 clients against netpost, inside a pair of network namespaces made per test.
 
 The server end gets 2001:db8:99::1/64 (its subnet) and both ends their link-local addresses;
-duplicate address detection is turned off on both veths (a client whose MAC address changes
-gets a new link-local address, usable at once) and the first addresses are waited for, so that
-none is still "tentative" when the first SOLICIT goes.  dhclient -6 gets an
+duplicate address detection is turned off on both veths and the link-local addresses are
+waited for, so that none is still "tentative" when the first SOLICIT goes.  dhclient -6 gets an
 address, renews it at T1 and releases it, and so does dhcpcd -6 (also with Rapid Commit); a
 restart (even kill -9) keeps the binding; an exhausted pool gives no address twice; an
 administrator's release reaches the running server; perfdhcp -6 runs full SOLICIT/ADVERTISE/
@@ -193,14 +192,22 @@ def test_exhausted_v6_pool_never_gives_an_address_twice(net: NamespacePair,
     assert "pool of 2001:db8:99::/64 exhausted" in server.output()
 
 
-def test_perfdhcp6(net: NamespacePair, tmp_path: Path) -> None:
+@pytest.mark.parametrize("relayed", [False, True], ids=["direct", "relayed"])
+def test_perfdhcp6(net: NamespacePair, tmp_path: Path, relayed: bool) -> None:
+    """Full exchanges from 200 clients; relayed: perfdhcp plays a relay agent (-A 1: each
+    message in a RELAY-FORW whose link-address is its own global address)."""
     require("perfdhcp")
     server = serve(net, tmp_path, subnet6_toml(pool="2001:db8:99::1000-2001:db8:99::ffff",
                                                valid=600, preferred=500))
+    relay: list[str] = []
+    if relayed:
+        net.client("ip", "-6", "addr", "add", "2001:db8:99::2/64", "dev", net.client_if,
+                   "nodad")
+        relay = ["-A", "1"]
     try:
         started = time.monotonic()
-        run = net.client("perfdhcp", "-6", "-l", net.client_if, "-r", "100", "-R", "200",
-                         "-n", "300", "-W", "500000", timeout=120)
+        run = net.client("perfdhcp", "-6", *relay, "-l", net.client_if, "-r", "100", "-R",
+                         "200", "-n", "300", "-W", "500000", timeout=120)
         assert time.monotonic() - started < 60
         out = run.stdout
         assert "SOLICIT-ADVERTISE" in out and "REQUEST-REPLY" in out, out + run.stderr
@@ -208,6 +215,8 @@ def test_perfdhcp6(net: NamespacePair, tmp_path: Path) -> None:
         assert drops and max(drops) < 1.0, out
         listed = server.cli("leases", "list").stdout
         assert len(re.findall(r"^2001:db8:99::\S+\s+bound", listed, re.M)) == 200, listed
+        if relayed:
+            assert "S: RELAY-REPL hops=0 link=2001:db8:99::2" in trace(server)
     finally:
         server.stop()
 

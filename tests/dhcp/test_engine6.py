@@ -392,3 +392,18 @@ def test_config_errors() -> None:
                        (dict(information_refresh_time=5), "at least 600")):
         with pytest.raises(ValueError, match=match):
             subnets(**bad)
+
+
+def test_relay_without_a_usable_link_address_serves_the_receiving_link() -> None:
+    e = engine()
+    relayed = RelayMessage(MessageType.RELAY_FORW, 0, IPv6Address("::"), IPv6Address("fe80::c"),
+                           ((Option.RELAY_MSG, p6.encode(msg(MessageType.SOLICIT, 1))),))
+    outcome = e.handle(relayed, "fe80::9%veth0", LINK, T0)
+    assert outcome is not None and outcome.destination == ("fe80::9%veth0", 547)
+    assert isinstance(outcome.reply, RelayMessage)
+    reply, _ = p6.innermost(outcome.reply)
+    assert only_address(reply).address == IPv6Address("2001:db8:99::100")
+    # a RELAY-REPL sent to a server is not for it
+    back = RelayMessage(MessageType.RELAY_REPL, 0, IPv6Address("::"), IPv6Address("fe80::c"),
+                        ((Option.RELAY_MSG, p6.encode(msg(MessageType.SOLICIT, 1))),))
+    assert e.handle(back, "fe80::9%veth0", LINK, T0) is None

@@ -293,14 +293,13 @@ class DHCP6Engine:
 
     def _subnet_of(self, relays: list[RelayMessage], link: Link6) -> Subnet6 | None:
         """RFC 8415 13.1: relayed, the link-address of the relay nearest the client (or the
-        next one out when that one is unspecified or link-local); else the link's own."""
+        next one out when that one is unspecified or link-local); else, or when no relay
+        names a usable link-address, the link the message came in on."""
         for relay in reversed(relays):
             address = relay.link_address
             if address.is_unspecified or address.is_link_local:
                 continue
             return find_subnet6(self.subnets, address)
-        if relays:
-            return None
         for address in link.addresses:
             subnet = find_subnet6(self.subnets, address)
             if subnet is not None:
