@@ -187,7 +187,8 @@ class DatagramListener(asyncio.DatagramProtocol):
         family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            # The system's default receive buffer, not a bigger one: a datagram that waits
+            # long is worth less than one dropped (an NTP answer 100 ms late is useless).
             if SO_TIMESTAMPNS is not None:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 self.kernel_timestamps = True
