@@ -96,3 +96,16 @@ def users(mail_server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict
         out[user] = MailUser(address, write_account(mail_server, home / "mail.toml", address),
                              home)
     return out
+
+
+GPG_HOMES: set[Path] = set()  # homes whose gpg may have started a gpg-agent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def stop_gpg_agents() -> Iterator[None]:
+    """gpg starts a gpg-agent per home directory; each is ended when the module is done."""
+    yield
+    for home in sorted(GPG_HOMES):
+        subprocess.run(["gpgconf", "--kill", "all"], env=user_env(home), capture_output=True,
+                       timeout=30, check=False)
+    GPG_HOMES.clear()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.conftest import MailUser, user_env, write_account
+from tests.agent.conftest import GPG_HOMES, MailUser, user_env, write_account
 from tests.agent.test_commands import imap_append, uid_of, uids_of
 from tests.conftest import Server, require_tool
 
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.interop
 
 def run(cmd: list[str], home: Path, stdin: bytes = b"", check: bool = True
         ) -> subprocess.CompletedProcess[bytes]:
+    GPG_HOMES.add(home)
     r = subprocess.run(cmd, input=stdin, capture_output=True, env=user_env(home), timeout=60)
     if check:
         assert r.returncode == 0, (cmd, r.stderr.decode(errors="replace"))

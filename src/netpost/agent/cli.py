@@ -338,6 +338,9 @@ def cmd_reply(args: argparse.Namespace) -> int:
         part = msg.get_body(preferencelist=("plain",))
         if part is not None:
             part.set_content(new_body, cte="quoted-printable")
+    if sys.stdin.isatty() and not confirm(f"Send to {msg.get('To', '')}?"):
+        print("not sent")
+        return 1
     deliver(msg, account, args)
     if args.command_name != "forward" and not args.pop3:
         with imap(account) as session:  # RFC 9051 2.3.2: \Answered

@@ -68,15 +68,18 @@ def new_message(*, from_: str, to: Sequence[str] = (), cc: Sequence[str] = (),
     # quoted-printable keeps the body 7-bit, which signing needs (RFC 3156 3)
     msg.set_content(body, cte="quoted-printable")
     for a in attachments:
+        # the file's octets as they are, base64 (a text file keeps its exact line ends)
         maintype, _, subtype = a.content_type.partition("/")
+        params = {}
         if maintype == "text":
             try:
-                msg.add_attachment(a.data.decode("utf-8"), subtype=subtype,
-                                   filename=a.filename, cte="base64")
-                continue
+                a.data.decode("utf-8")
+                params["charset"] = "utf-8"
             except UnicodeDecodeError:
                 maintype, subtype = "application", "octet-stream"
-        msg.add_attachment(a.data, maintype=maintype, subtype=subtype, filename=a.filename)
+        msg.add_attachment(a.data, maintype=maintype, subtype=subtype, filename=a.filename,
+                           params=params)
+        del msg.get_payload()[-1]["MIME-Version"]
     for original in attach_messages:
         msg.add_attachment(original)  # message/rfc822 (RFC 2046 5.2.1)
     return msg

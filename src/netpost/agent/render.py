@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import html
 import re
 from dataclasses import dataclass
 from email import message_from_bytes
@@ -123,7 +122,7 @@ class _TextMaker(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in self.SKIP:
             self.skipping = max(0, self.skipping - 1)
-        elif tag in self.BLOCK:
+        elif tag in self.BLOCK and tag != "li":
             self.out.append("\n")
             if tag == "pre":
                 self.pre = max(0, self.pre - 1)
@@ -135,7 +134,8 @@ class _TextMaker(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self.skipping:
             return
-        self.out.append(data if self.pre else re.sub(r"\s+", " ", data))
+        # inside <pre> spaces are kept (as NBSP until the lines are trimmed)
+        self.out.append(data.replace(" ", "\xa0") if self.pre else re.sub(r"\s+", " ", data))
 
 
 def html_to_text(source: str) -> str:
@@ -143,6 +143,6 @@ def html_to_text(source: str) -> str:
     maker.feed(source)
     maker.close()
     text = "".join(maker.out)
-    lines = [line.strip() for line in text.split("\n")]
+    lines = [line.strip(" \t") for line in text.split("\n")]
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-    return html.unescape(text) + "\n"
+    return text.replace("\xa0", " ") + "\n"
