@@ -79,7 +79,9 @@ def new_message(*, from_: str, to: Sequence[str] = (), cc: Sequence[str] = (),
                 maintype, subtype = "application", "octet-stream"
         msg.add_attachment(a.data, maintype=maintype, subtype=subtype, filename=a.filename,
                            params=params)
-        del msg.get_payload()[-1]["MIME-Version"]
+        parts = msg.get_payload()
+        if isinstance(parts, list) and isinstance(parts[-1], EmailMessage):
+            del parts[-1]["MIME-Version"]  # only the top level has one (RFC 2045 4)
     for original in attach_messages:
         msg.add_attachment(original)  # message/rfc822 (RFC 2046 5.2.1)
     return msg
