@@ -251,3 +251,21 @@ def test_expired_sessions_are_refused_and_forgotten(api: Api) -> None:
         assert admin.tokens.get_token(old.token.id) is None
     finally:
         admin.close()
+
+
+def test_huge_ids_are_not_found_not_errors(api: Api) -> None:
+    with api.client(ALICE) as c:
+        huge = "9" * 30
+        assert c.get(f"/mailboxes/{huge}/messages").status_code == 404
+        assert c.get(f"/mailboxes/1/messages/{huge}").status_code == 404
+        assert c.get("/mailboxes/1/messages", params={"before": huge}).status_code == 422
+        assert c.get("/events", params={"after": huge}).status_code == 422
+
+
+def test_token_cli_refusals(api: Api) -> None:
+    r = api.server.cli("token", "create", f"nobody@{ALICE.split('@')[1]}")
+    assert r.returncode == 1 and "no user" in r.stderr
+    r = api.server.cli("token", "revoke", "0123456789abcdef")
+    assert r.returncode == 1 and "no API token" in r.stderr
+    r = api.server.cli("token", "create", ALICE, "--days", "0")
+    assert r.returncode == 1

@@ -22,7 +22,7 @@ from netpost.mail import address as names
 from netpost.services import Services
 from netpost.store.interfaces import HELD, Lease, QueueEntry, Share
 from netpost.web.api.auth import WebAuth
-from netpost.web.api.framework import Access, ApiError, Call, Endpoint
+from netpost.web.api.framework import MAX_ID, Access, ApiError, Call, Endpoint
 from netpost.web.api.models import (
     AccountCreate,
     AccountInfo,
@@ -55,7 +55,7 @@ class AliasQuery(BaseModel):
 
 class QueueQuery(BaseModel):
     limit: int = Field(100, ge=1, le=1000)
-    after: int = Field(0, ge=0, description="the id after which to list (paging)")
+    after: int = Field(0, ge=0, le=MAX_ID, description="the id after which to list (paging)")
 
 
 class FlushQuery(BaseModel):

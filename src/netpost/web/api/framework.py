@@ -35,6 +35,7 @@ log = logging.getLogger("netpost.web")
 
 Access = Literal["public", "user", "admin"]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_ID = 2 ** 62  # the largest integer id or UID a path or query may name
 # The errors every endpoint may answer (documented in the OpenAPI document for each).
 COMMON_ERRORS: tuple[int, ...] = (400, 401, 403, 404, 409, 413, 422, 429)
 
@@ -195,6 +196,9 @@ class Api:
         if caller is not None and request.method not in SAFE_METHODS:
             self.check_csrf(request, caller)
         call = Call(request, caller, dict(request.path_params))
+        for name, kind in endpoint.path_types.items():  # ids beyond SQLite's integers
+            if kind is int and name in call.path and not 0 <= int(call.path[name]) <= MAX_ID:
+                raise ApiError(404, f"no such {name.removesuffix('_id')}")
         if endpoint.query is not None:
             try:
                 call.query = endpoint.query.model_validate(dict(request.query_params))

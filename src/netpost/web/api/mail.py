@@ -32,7 +32,7 @@ from netpost.mail.delivery import NotLocal, UnknownRecipient
 from netpost.services import Services
 from netpost.store.interfaces import Mailbox
 from netpost.store.interfaces import MessageSummary as StoredSummary
-from netpost.web.api.framework import ApiError, Call, Endpoint
+from netpost.web.api.framework import MAX_ID, ApiError, Call, Endpoint
 from netpost.web.api.models import (
     FlagChange,
     FlagResult,
@@ -60,8 +60,8 @@ _FLAG_CHARS = set("\\$") | {chr(c) for c in range(0x21, 0x7F)} - set('(){%*"]')
 
 
 class PageQuery(BaseModel):
-    before: int | None = Field(None, ge=1, description="list UIDs below this (the previous "
-                               "page's next_before); none: from the newest")
+    before: int | None = Field(None, ge=1, le=MAX_ID, description="list UIDs below this (the "
+                               "previous page's next_before); none: from the newest")
     limit: int = Field(50, ge=1, le=500)
 
 
@@ -76,7 +76,8 @@ class DeleteQuery(BaseModel):
 
 
 class EventQuery(BaseModel):
-    after: int | None = Field(None, ge=0, description="resume after this feed position (or "
+    after: int | None = Field(None, ge=0, le=MAX_ID, description="resume after this feed "
+                              "position (or "
                               "send Last-Event-ID)")
 
 

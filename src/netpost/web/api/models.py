@@ -113,7 +113,8 @@ class PasswordChange(Strict):
 
 
 class QuotaChange(Strict):
-    octets: int | None = Field(None, ge=0, description="null: the server's default")
+    octets: int | None = Field(None, ge=0, le=2 ** 62, description="null: the server's "
+                               "default")
 
 
 class Alias(BaseModel):
