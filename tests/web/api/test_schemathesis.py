@@ -1,7 +1,8 @@
 """schemathesis against the OpenAPI document of a real server (its own, in this module):
 generated requests to every operation, as an administrator and as a user; no answer may be a
 5xx, and every answer must be documented (status), of the documented media type, and match
-its schema.
+its schema.  A third run sends requests that break the schema (schemathesis's negative mode):
+they must get a documented 4xx.
 
 Left out: the two server-sent-event streams (they never end) and /login (its failures slow
 the caller down for every later request, by design: tested in test_auth.py)."""
@@ -12,6 +13,7 @@ import hypothesis
 import pytest
 import schemathesis
 from hypothesis import HealthCheck
+from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -32,8 +34,8 @@ def api_schema(api: Api) -> schemathesis.BaseSchema:
     return (schema.exclude(path_regex=r"/(events|traces/stream|login)$"))
 
 
-def _run(schema: schemathesis.BaseSchema, token: str, examples: int
-         ) -> tuple[list[str], dict[int, int]]:
+def _run(schema: schemathesis.BaseSchema, token: str, examples: int,
+         mode: GenerationMode = GenerationMode.POSITIVE) -> tuple[list[str], dict[int, int]]:
     """Every operation, `examples` generated cases each: the failures, described, and the
     statuses answered (how many of each)."""
     failures: list[str] = []
@@ -41,7 +43,7 @@ def _run(schema: schemathesis.BaseSchema, token: str, examples: int
     for result in schema.get_all_operations():
         operation = result.ok()
 
-        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.given(case=operation.as_strategy(mode))
         @hypothesis.settings(max_examples=examples, deadline=None, derandomize=True,
                              database=None, suppress_health_check=list(HealthCheck))
         def check(case: schemathesis.Case) -> None:
@@ -72,3 +74,11 @@ def test_api_as_user(api_schema: schemathesis.BaseSchema, api: Api) -> None:
     failures, statuses = _run(api_schema, api.tokens[ALICE], 6)
     assert not failures, "\n\n".join(failures)
     assert statuses.get(403, 0) > 20, statuses  # the administrators' operations
+
+
+def test_api_with_invalid_input(api_schema: schemathesis.BaseSchema, api: Api) -> None:
+    """Requests that break the schema (wrong types, missing fields, out of range): refused
+    with a documented 4xx, never a 5xx."""
+    failures, statuses = _run(api_schema, api.tokens[ALICE], 8, GenerationMode.NEGATIVE)
+    assert not failures, "\n\n".join(failures)
+    assert statuses.get(422, 0) > 20 and not any(s >= 500 for s in statuses), statuses
