@@ -114,6 +114,7 @@ def test_serve_prints_listeners_demo_account_and_stops_on_sigterm(tmp_path: Path
                                   "imaps", "ftp", "ftps", "sftp", "http", "https", "ntp",
                                   "nts-ke"}
         assert "demo account: demo@netpost.test  password: " in text
+        assert f"web: http://127.0.0.1:{srv.port('http')}/  (API docs: /api/v1/docs)" in text
         password = (srv.data / "demo-password").read_text().strip()
         assert password in text
         # A transaction in flight when SIGTERM arrives is finished, then the server exits 0.
