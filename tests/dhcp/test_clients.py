@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,3 +244,25 @@ def test_ping_before_offer_skips_an_address_in_use(net: NamespacePair, tmp_path:
     finally:
         server.stop()
     assert "10.99.0.100 answers a ping but has no lease" in server.output()
+
+
+def test_malformed_datagrams_are_dropped_and_counted(net: NamespacePair, tmp_path: Path) -> None:
+    require("udhcpc")
+    server = serve(net, tmp_path, subnet_toml())
+    try:
+        net.client("ip", "addr", "add", "10.99.0.2/24", "dev", net.client_if)
+        junk = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                "[s.sendto(p, ('10.99.0.1', 67)) for p in (b'', b'x' * 300, "
+                "b'\\x01' * 236 + b'\\x63\\x82\\x53\\x63' + b'\\x35\\x05\\x01', "
+                "bytes(236) + b'\\x63\\x82\\x53\\x63\\x35')]")
+        sent = net.client(sys.executable, "-c", junk)
+        assert sent.returncode == 0, sent.stderr
+        net.client("ip", "addr", "flush", "dev", net.client_if)
+        got = net.client("udhcpc", "-i", net.client_if, "-f", "-q", "-n", "-t", "5", "-T", "2",
+                         "-s", "/bin/true", timeout=60)
+        assert got.returncode == 0, got.stderr  # still serving
+    finally:
+        server.stop()
+    counters = re.findall(r"dhcp counters: .*", server.output())
+    assert counters and "malformed 4," in counters[-1], server.output()[-2000:]
+    assert "ACK=1" in counters[-1]

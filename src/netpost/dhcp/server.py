@@ -253,6 +253,12 @@ class DHCPHandler(DatagramHandler):
                 f"circuit-limited {stats.circuit_limited}, pool exhausted "
                 f"{stats.pool_exhausted}, no subnet {stats.no_subnet}, ignored {stats.ignored}")
 
+    def close(self) -> None:
+        if self.pinger is not None:
+            self.pinger.close()
+        if self.listener.stats.received:
+            log.info("%s", self.report_line())
+
     def _report(self) -> None:
         tick = time.monotonic()
         if tick - self._reported < REPORT_INTERVAL:

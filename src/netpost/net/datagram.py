@@ -103,6 +103,11 @@ class DatagramHandler(ABC):
         own summary (message type, transaction id), secrets left out."""
         return f"<datagram: {len(data)} octets>"
 
+    def close(self) -> None:
+        """The listener has stopped (its spawned work is done or cancelled): release what
+        the handler holds, log its final counters."""
+        return None
+
 
 class _Bucket:
     __slots__ = ("tokens", "stamp")
@@ -215,6 +220,10 @@ class DatagramListener(asyncio.DatagramProtocol):
     async def wait_closed(self) -> None:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2)
+        try:
+            self.handler.close()
+        except Exception:
+            log.exception("%s: handler failed to close", self.spec.name)
         if self.transport is not None:
             self.transport.close()
         if self._sock is not None:
