@@ -946,6 +946,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["mail"]:  # the user agent: a start-up without the services' imports
+        from netpost.agent.cli import main as mail_main
+
+        return mail_main(given[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     needs_arg = {"domain": "domain", "user": "address"}

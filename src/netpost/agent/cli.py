@@ -692,3 +692,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="locate: reach HOST at ADDRESS:PORT (like curl --connect-to)")
     p.add_argument("--wkd-ca-file", metavar="FILE",
                    help="locate: trust the CA certificates in FILE")
+
+
+def main(argv: list[str]) -> int:
+    """`netpost mail ARGS` without building the server's whole command line (which imports
+    every service): the agent's start-up is part of every `list`."""
+    parser = argparse.ArgumentParser(prog="netpost")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser(sub)
+    args = parser.parse_args(["mail", *argv])
+    try:
+        return int(args.func(args))
+    except AgentError as exc:
+        print(f"netpost: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
