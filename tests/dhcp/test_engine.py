@@ -262,3 +262,25 @@ def test_quarantine_after_a_ping_answer() -> None:
     again = engine.handle(msg(MessageType.DISCOVER, 1), LINK, T0 + 1)
     assert again is not None and again.reply is not None
     assert again.reply.yiaddr != offer.reply.yiaddr
+
+
+def test_lapsed_offers_are_reused_and_a_full_pool_is_cheap() -> None:
+    engine = DHCPEngine(subnets("10.99.0.10-10.99.0.12"),
+                        EngineSettings(client_rate=1e9, client_burst=10**9))
+    for n in range(1, 4):  # three offers nobody takes up
+        assert engine.handle(msg(MessageType.DISCOVER, n), LINK, T0) is not None
+    later = T0 + 31
+    offered = engine.handle(msg(MessageType.DISCOVER, 4), LINK, later)
+    assert offered is not None and offered.reply is not None  # a lapsed offer's address
+    for n in (5, 6):
+        dora(engine, n, later)
+    assert engine.handle(msg(MessageType.DISCOVER, 7), LINK, later) is None  # full
+    assert engine._full_until  # remembered: the next DISCOVERs walk nothing
+    assert engine.handle(msg(MessageType.DISCOVER, 8), LINK, later + 1) is None
+    # a release frees an address at once, whatever was remembered
+    bound = [b for b in engine.bindings() if b.state is BindingState.BOUND]
+    engine.handle(msg(MessageType.RELEASE, int(bound[0].hardware[-1]),
+                      ciaddr=str(IPv4Address(bound[0].address))), LINK, later + 2)
+    again = engine.handle(msg(MessageType.DISCOVER, 8), LINK, later + 3)
+    assert again is not None and again.reply is not None
+    assert int(again.reply.yiaddr) == bound[0].address

@@ -190,6 +190,8 @@ class DHCPEngine:
         self._circuits: dict[str, int] = {}
         self._last_alarm: dict[int, float] = {}
         self._option_cache: dict[tuple[int, bytes, Link], dict[int, bytes]] = {}
+        self._full_until: dict[int, tuple[float, int]] = {}  # subnet -> (until, _freed then)
+        self._freed = 0  # bumped whenever a binding ends early (release, forget)
         for record in leases:
             self._load(record)
 
@@ -226,6 +228,7 @@ class DHCPEngine:
             self._circuits[binding.relay] = self._circuits.get(binding.relay, 0) + 1
 
     def _forget(self, binding: Binding) -> None:
+        self._freed += 1
         if self.by_address.get(binding.address) is binding:
             del self.by_address[binding.address]
         key = (self._subnet_index[id(binding.subnet)], binding.client)
@@ -359,25 +362,40 @@ class DHCPEngine:
                 and self._free_for(address, client, now))
 
     def _free_address(self, subnet: Subnet, index: int, now: float) -> int | None:
-        """A never-used pool address (walking on from where the last search stopped), else
-        the pool address that has been free longest."""
+        """A never-used pool address, or one whose offer lapsed (walking on from where the
+        last search stopped), else the pool address that has been free longest.  When a
+        search finds nothing, the pool is known full until its first binding ends: DISCOVERs
+        meanwhile cost nothing (a flood on a full pool must not cost a walk each)."""
+        full = self._full_until.get(index)
+        if full is not None and now < full[0] and full[1] == self._freed:
+            return None
         size = subnet.size
         cursor = self._cursor.get(index, 0)
         ranges = subnet.ranges
+        by_address = self.by_address
+        reserved = subnet.reserved_addresses
         for step in range(size):
             offset = (cursor + step) % size
             address = _nth(ranges, offset)
-            if address not in self.by_address and address not in subnet.reserved_addresses:
+            held = by_address.get(address)
+            if (held is None or held.state is BindingState.OFFERED and held.expires <= now) \
+                    and address not in reserved:
                 self._cursor[index] = offset + 1
                 return address
         best: Binding | None = None
-        for binding in self.by_address.values():
-            if binding.subnet is subnet and not binding.active(now) and \
-                    subnet.in_pool(binding.address) and \
-                    binding.address not in subnet.reserved_addresses and \
-                    (best is None or binding.expires < best.expires):
+        first_end = float("inf")
+        for binding in by_address.values():
+            if binding.subnet is not subnet or binding.address in reserved or \
+                    not subnet.in_pool(binding.address):
+                continue
+            if binding.active(now):
+                first_end = min(first_end, binding.expires)
+            elif best is None or binding.expires < best.expires:
                 best = binding
-        return best.address if best is not None else None
+        if best is None:
+            self._full_until[index] = (first_end, self._freed)
+            return None
+        return best.address
 
     def _exhausted(self, subnet: Subnet, now: float) -> None:
         self.stats.pool_exhausted += 1
@@ -545,6 +563,7 @@ class DHCPEngine:
         self._circuit_done(binding)
         binding.state = BindingState.RELEASED
         binding.expires = now
+        self._freed += 1
         record = LeaseRecord(message.ciaddr, client, BindingState.RELEASED.value, binding.starts,
                              now, binding.subnet.name, binding.hardware, binding.hostname,
                              binding.relay)
