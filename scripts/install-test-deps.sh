@@ -24,11 +24,14 @@ TOOLS="knotd knotc postfix postconf smtp-sink swaks curl msmtp mutt neomutt mbsy
 TOOLS="$TOOLS dhclient udhcpc dhcpcd dhcping nmap perfdhcp kea-dhcp4"
 # The user agent's PGP interop tests (tests/agent): GnuPG and Sequoia's sq check what netpost
 # signs and encrypts and make what it must read; tmux drives the $EDITOR compose flow (vim).
-PACKAGES="$PACKAGES gnupg sq tmux vim"
+# The agent's Dovecot interop test runs bench/peer-bench/peers/dovecot.sh (IMAP and POP3).
+PACKAGES="$PACKAGES gnupg sq tmux vim dovecot-imapd dovecot-pop3d"
 TOOLS="$TOOLS gpg sq tmux vim"
 BUILD_TOOLS="autoreconf automake libtoolize pkg-config make cc"
 missing=""
 for t in $TOOLS $BUILD_TOOLS; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
+[ -x /usr/lib/dovecot/imap ] || missing="$missing dovecot-imapd"
+[ -x /usr/lib/dovecot/pop3 ] || missing="$missing dovecot-pop3d"
 # swaks needs Net::SSLeay for --tls (a Recommends, not a Depends, of the swaks package).
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing="$missing libnet-ssleay-perl"
 # imaptest is configured with --with-dovecot=/usr/lib/dovecot and compiles against its headers.
