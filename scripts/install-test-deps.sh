@@ -27,6 +27,11 @@ TOOLS="$TOOLS dhclient udhcpc dhcpcd dhcping nmap perfdhcp kea-dhcp4"
 # The agent's Dovecot interop test runs bench/peer-bench/peers/dovecot.sh (IMAP and POP3).
 PACKAGES="$PACKAGES gnupg sq tmux vim dovecot-imapd dovecot-pop3d"
 TOOLS="$TOOLS gpg sq tmux vim"
+# The web UI's browser tests (tests/web/ui, bench/webmail_first_page.py) drive Debian's
+# Chromium with Playwright (pip: the 'test' extra); Playwright's own browser download is not
+# needed. Without a browser those tests fail and say how to get one.
+PACKAGES="$PACKAGES chromium"
+TOOLS="$TOOLS chromium"
 BUILD_TOOLS="autoreconf automake libtoolize pkg-config make cc"
 missing=""
 for t in $TOOLS $BUILD_TOOLS; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done

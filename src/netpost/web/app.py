@@ -115,6 +115,9 @@ def create_app(services: Services, *, send_timeout: float = 60.0,
 
     status_counts: dict[int, int] = {}
     routes += api_routes(services, settings or WebConfig(), status_counts)
+    from netpost.web.ui import ui_routes
+
+    routes += ui_routes()  # the browser UI at / (web/ui)
     app = Starlette(routes=routes)
     app.add_middleware(NetpostMiddleware, trace_of=trace_of, status_counts=status_counts)
     return app

@@ -25,6 +25,7 @@ from netpost.web.api.framework import Api, error_response
 from netpost.web.api.live import LiveApi
 from netpost.web.api.mail import MailApi
 from netpost.web.api.openapi import DOCS_PAGE, build_document
+from netpost.web.api.ui import UiApi
 
 if TYPE_CHECKING:
     from netpost.services import Services
@@ -60,6 +61,7 @@ def build_api(services: Services, settings: WebConfig) -> tuple[Api, WebAuth]:
         AdminApi(services, auth, base_url=settings.base_url).endpoints(),
         MailApi(services, max_message_size=max_message, hostname=hostname).endpoints(),
         LiveApi(services).endpoints(),
+        UiApi(services).endpoints(),  # what the browser UI needs besides (web/ui)
     ]
     for endpoints in parts:
         for e in endpoints:
