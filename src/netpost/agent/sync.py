@@ -6,7 +6,8 @@ HIGHESTMODSEQ. Each run (RFC 4549 4.3, "downloading"):
 
 1. SELECT; a different UIDVALIDITY means the UIDs changed meaning (RFC 9051 2.3.1.1): the
    files this sync made are removed and everything is fetched again.
-2. New messages: UID SEARCH UID n:*, then UID FETCH in batches of whole bodies; each is
+2. New messages: UID FETCH n:* (RFC822.SIZE), then UID FETCH of whole bodies in batches
+   of at most 1,000 messages and 16 MiB; each is
    written to tmp/, fsync'd and renamed into cur/ with its flags (the Maildir rule:
    a file appears whole or not at all). The state is saved after each batch, so an
    interrupted sync resumes where it stopped.
@@ -29,7 +30,8 @@ from netpost.agent import AgentError
 from netpost.agent.imap import ImapSession, uid_set
 
 STATE_NAME = ".netpost-sync.json"
-BATCH = 250
+BATCH = 1000  # messages per UID FETCH of bodies
+BATCH_OCTETS = 16 << 20  # and octets (what one FETCH answer holds in memory)
 
 # Maildir info letters (the "2," semantics), in the ASCII order Maildir wants.
 FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "$Forwarded": "P", "\\Answered": "R",
@@ -95,6 +97,21 @@ class Maildir:
             os.close(fd)
 
 
+def batches(sizes: list[tuple[int, int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    current: list[int] = []
+    octets = 0
+    for uid, size in sizes:
+        if current and (len(current) >= BATCH or octets + size > BATCH_OCTETS):
+            out.append(current)
+            current, octets = [], 0
+        current.append(uid)
+        octets += size
+    if current:
+        out.append(current)
+    return out
+
+
 def _load_state(path: Path) -> dict[str, object]:
     try:
         state = json.loads(path.read_text())
@@ -146,10 +163,13 @@ def sync_folder(session: ImapSession, folder: str, root: Path, *, fsync: bool = 
             box.remove(names.pop(key))
             report.removed += 1
 
-    # 2. new messages
-    wanted = [u for u in session.search(["UID", f"{last_uid + 1}:*"]) if u > last_uid]
-    for i in range(0, len(wanted), BATCH):
-        batch = wanted[i:i + BATCH]
+    # 2. new messages: their sizes first, then batches of whole bodies that stay under
+    # BATCH messages and BATCH_OCTETS (one big message is a batch of its own)
+    sizes = [(f.uid, f.size) for f in session.fetch(f"{last_uid + 1}:*", "(UID RFC822.SIZE)")
+             if f.uid > last_uid and str(f.uid) not in names]
+    sizes.sort()
+    done = 0
+    for batch in batches(sizes):
         for f in session.fetch(uid_set(batch), "(UID FLAGS BODY.PEEK[])"):
             if f.literal is None or f.uid <= last_uid or str(f.uid) in names:
                 continue
@@ -159,8 +179,9 @@ def sync_folder(session: ImapSession, folder: str, root: Path, *, fsync: bool = 
             box.sync_dir()
         state["uids"] = names
         _save_state(state_path, state)
+        done += len(batch)
         if progress:
-            progress(min(i + BATCH, len(wanted)), len(wanted))
+            progress(done, len(sizes))
     state["uids"] = names
     if selected.highestmodseq is not None:
         state["highestmodseq"] = selected.highestmodseq
