@@ -104,12 +104,23 @@ def test_rate_limit_sends_one_kod_rate_then_silence(tmp_path: Path) -> None:
     server = start_ntp_server(tmp_path / "d", "[ntp]\nrate_limit = 0.1\nrate_burst = 4\n")
     try:
         port = server.port("ntp")
-        answers: list[NTPPacket | None] = []
+        replies: dict[int, NTPPacket] = {}
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for _ in range(8):
-                reply = exchange(port, client_request()[0], timeout=0.3, sock=s)
-                answers.append(decode(reply) if reply else None)
-        assert all(a is not None and a.stratum == 10 for a in answers[:4])
+            s.settimeout(2.0)
+            transmits = []
+            for _ in range(8):  # at once: the burst is 4
+                request, transmit = client_request()
+                transmits.append(transmit)
+                s.sendto(request, ("127.0.0.1", port))
+                time.sleep(0.001)
+            try:
+                while len(replies) < 8:
+                    p = decode(s.recvfrom(4096)[0])
+                    replies[p.origin_timestamp] = p
+            except TimeoutError:
+                pass
+        answers = [replies.get(t) for t in transmits]
+        assert all(a is not None and a.stratum == 10 for a in answers[:4]), answers
         kod = answers[4]
         # RFC 5905 §7.4: stratum 0, "RATE" in the reference id; leap 3.
         assert kod is not None and kod.stratum == 0 and kod.reference_id == b"RATE"
