@@ -284,3 +284,19 @@ def test_lapsed_offers_are_reused_and_a_full_pool_is_cheap() -> None:
     again = engine.handle(msg(MessageType.DISCOVER, 8), LINK, later + 3)
     assert again is not None and again.reply is not None
     assert int(again.reply.yiaddr) == bound[0].address
+
+
+def test_renewing_and_rebinding_told_apart() -> None:
+    engine = DHCPEngine(subnets())
+    unknown = "10.99.0.50"  # on the subnet, outside our pool: another server's client?
+    renew = engine.handle(msg(MessageType.REQUEST, 3, ciaddr=unknown), LINK, T0 + 1,
+                          unicast=True)
+    assert renew is not None and renew.reply is not None
+    assert renew.reply.message_type is MessageType.NAK  # sent to us: we say no
+    assert engine.handle(msg(MessageType.REQUEST, 3, ciaddr=unknown), LINK, T0 + 1,
+                         unicast=False) is None  # broadcast: not ours to answer
+    address = str(dora(engine, 1).reply.yiaddr)  # type: ignore[union-attr]
+    rebind = engine.handle(msg(MessageType.REQUEST, 1, ciaddr=address), LINK, T0 + 3000,
+                           unicast=False)
+    assert rebind is not None and rebind.reply is not None
+    assert rebind.reply.message_type is MessageType.ACK

@@ -273,8 +273,11 @@ class DHCPEngine:
 
     # -- the entry point ---------------------------------------------------------------------
 
-    def handle(self, message: Message, link: Link, now: float) -> Outcome | None:
-        """The outcome for one decoded message, or None (nothing to do)."""
+    def handle(self, message: Message, link: Link, now: float,
+               unicast: bool | None = None) -> Outcome | None:
+        """The outcome for one decoded message, or None (nothing to do).  `unicast`: the
+        message was sent to our address (True), broadcast (False), or not known (None);
+        it tells RENEWING from REBINDING (RFC 2131 4.3.2)."""
         kind = message.message_type
         if message.op != BOOTREQUEST or kind is None:
             self.stats.ignored += 1
@@ -291,7 +294,7 @@ class DHCPEngine:
         if kind is MessageType.DISCOVER:
             return self._discover(message, link, now)
         if kind is MessageType.REQUEST:
-            return self._request(message, link, now)
+            return self._request(message, link, now, unicast)
         if kind is MessageType.DECLINE:
             return self._decline(message, link, now)
         if kind is MessageType.RELEASE:
@@ -408,7 +411,8 @@ class DHCPEngine:
 
     # -- RFC 2131 4.3.2: DHCPREQUEST ---------------------------------------------------------
 
-    def _request(self, message: Message, link: Link, now: float) -> Outcome | None:
+    def _request(self, message: Message, link: Link, now: float,
+                 unicast: bool | None = None) -> Outcome | None:
         server_id = message.server_identifier
         requested = message.requested_address
         client = client_key(message)
@@ -457,6 +461,12 @@ class DHCPEngine:
             return self._commit(message, link, subnet, client, message.ciaddr, now)
         if binding is not None and binding.active(now):
             return self._nak(message, link, "address is leased to another client")
+        if unicast is False:
+            # REBINDING (broadcast, RFC 2131 4.4.5): the client asks any server; the one that
+            # holds its lease answers.  We have no lease of this client here: silence.
+            self.stats.ignored += 1
+            return None
+        # RENEWING (unicast to us; or not known how it came)
         if binding is None and self.settings.authoritative and \
                 self._usable(subnet, int(message.ciaddr), client, now):
             # We lost the record (a new data directory) but the address is free: keep the

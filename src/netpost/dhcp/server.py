@@ -33,7 +33,7 @@ from netpost.dhcp.packet import (
     summary,
 )
 from netpost.dhcp.ping import Pinger
-from netpost.net.datagram import Datagram, DatagramHandler, DatagramListener
+from netpost.net.datagram import IP_PKTINFO, Datagram, DatagramHandler, DatagramListener
 from netpost.store.interfaces import Lease, Leases, LeaseState
 
 log = logging.getLogger("netpost.dhcp")
@@ -98,6 +98,7 @@ class DHCPHandler(DatagramHandler):
         self.link = link
         self.leases = leases
         self.pinger = pinger  # ping before offer, when configured
+        self._server_text = str(link.server_address)
         self.ping_timeout = ping_timeout
         self.counters = DHCPCounters()
         self._pending: list[tuple[Lease, bytes | None, tuple[str, int] | None]] = []
@@ -106,6 +107,17 @@ class DHCPHandler(DatagramHandler):
         self._synced = time.monotonic()
         self._reported = self._synced
         self._reported_received = 0
+
+    def open_socket(self) -> socket.socket | None:
+        """The link socket, with IP_PKTINFO: each request says whether it was sent to our
+        address or broadcast (RENEWING or REBINDING, RFC 2131 4.3.2)."""
+        sock = self.listener.link_socket()
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     # -- datagrams in --------------------------------------------------------------------------
 
@@ -121,8 +133,10 @@ class DHCPHandler(DatagramHandler):
                 self.listener.stats.dropped += 1
                 log.debug("dhcp: dropped a malformed datagram from %s: %s", datagram.peer[0], exc)
                 continue
+            unicast = None if datagram.destination is None else \
+                datagram.destination == self._server_text
             try:
-                outcome = self.engine.handle(message, self.link, now)
+                outcome = self.engine.handle(message, self.link, now, unicast)
             except Exception:  # a bug must cost one message, not the batch or the server
                 self.listener.stats.errors += 1
                 log.exception("dhcp: failed on %s", summary(datagram.data))

@@ -10,8 +10,8 @@ A handler that sets `kernel_timestamps` (NTP) gets a listener that reads its soc
 every datagram waiting is taken per wake-up with recvmsg, each with the kernel's arrival time
 (SO_TIMESTAMPNS) as `Datagram.received`, and answers go straight out with sendto.  A handler
 whose `open_socket` makes its own socket (DHCPv6: IPv6, a multicast group joined, packet info
-on) is read the same way, and each datagram says where it was sent (`Datagram.destination`,
-from IPV6_PKTINFO when the socket asks for it).
+on; DHCPv4: packet info on) is read the same way, and each datagram says where it was sent
+(`Datagram.destination`, from IPV6_PKTINFO or IP_PKTINFO when the socket asks for it).
 
 A source (IP address; IPv6 by /64) that sends faster than `rate` datagrams per second, after
 a burst of `burst`, has the excess dropped and counted: a UDP server must never be an
@@ -51,6 +51,8 @@ SO_TIMESTAMPNS = 35 if sys.platform == "linux" and platform.machine() in (
     "x86_64", "aarch64", "arm64") else None
 _TIMESPEC = struct.Struct("@qq")
 _IN6_PKTINFO = struct.Struct("@16sI")  # struct in6_pktinfo: the destination, the interface
+_IN_PKTINFO = struct.Struct("@i4s4s")  # struct in_pktinfo: interface, local address, destination
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; the socket module has it from 3.12
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class DatagramListener(asyncio.DatagramProtocol):
             return
         if addr.interface is not None or self.handler.sends_broadcast:
             transport, _ = await self._loop.create_datagram_endpoint(
-                lambda: self, sock=self._link_socket())
+                lambda: self, sock=self.link_socket())
         else:
             transport, _ = await self._loop.create_datagram_endpoint(
                 lambda: self, local_addr=(addr.host, addr.port), reuse_port=False)
@@ -167,7 +169,7 @@ class DatagramListener(asyncio.DatagramProtocol):
         sock = transport.get_extra_info("sockname")
         self.bound = ListenAddress(sock[0], sock[1], addr.interface)
 
-    def _link_socket(self) -> socket.socket:
+    def link_socket(self) -> socket.socket:
         """An IPv4 socket for a service of the link: bound to its interface (so that it gets
         the broadcasts of that link only and its own broadcasts leave there), allowed to
         broadcast, with room for a burst of datagrams."""
@@ -283,7 +285,8 @@ class DatagramListener(asyncio.DatagramProtocol):
         if sock is None:
             return
         recvmsg = sock.recvmsg
-        space = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_IN6_PKTINFO.size)
+        space = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_IN6_PKTINFO.size) + \
+            socket.CMSG_SPACE(_IN_PKTINFO.size)
         for _ in range(MAX_BATCH):
             try:
                 data, ancillary, flags, addr = recvmsg(READ_SIZE, space)
@@ -298,6 +301,9 @@ class DatagramListener(asyncio.DatagramProtocol):
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     seconds, nanoseconds = _TIMESPEC.unpack_from(value)
                     received = seconds + nanoseconds * 1e-9
+                elif level == socket.IPPROTO_IP and kind == IP_PKTINFO and \
+                        len(value) >= _IN_PKTINFO.size:
+                    destination = socket.inet_ntoa(_IN_PKTINFO.unpack_from(value)[2])
                 elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and \
                         len(value) >= _IN6_PKTINFO.size:
                     destination = socket.inet_ntop(socket.AF_INET6,
