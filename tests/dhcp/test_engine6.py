@@ -407,3 +407,15 @@ def test_relay_without_a_usable_link_address_serves_the_receiving_link() -> None
     back = RelayMessage(MessageType.RELAY_REPL, 0, IPv6Address("::"), IPv6Address("fe80::c"),
                         ((Option.RELAY_MSG, p6.encode(msg(MessageType.SOLICIT, 1))),))
     assert e.handle(back, "fe80::9%veth0", LINK, T0) is None
+
+
+def test_silent_on_a_link_without_a_subnet() -> None:
+    """No [[dhcp.subnets6]] for the link: nothing is answered, INFORMATION-REQUEST included."""
+    e = DHCP6Engine(subnets(), SERVER_DUID)
+    elsewhere = Link6((IPv6Address("2001:db8:5::1"),))
+    info = Message(MessageType.INFORMATION_REQUEST, 3, ())
+    assert e.handle(info, PEER, elsewhere, T0) is None
+    assert e.handle(msg(MessageType.SOLICIT, 1), PEER, elsewhere, T0) is None
+    assert e.handle(msg(MessageType.RENEW, 1), PEER, elsewhere, T0, unicast=True) is None
+    assert DHCP6Engine((), SERVER_DUID).handle(info, PEER, Link6(), T0) is None
+    assert e.stats.no_subnet == 3

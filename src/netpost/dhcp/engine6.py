@@ -243,16 +243,17 @@ class DHCP6Engine:
             self.stats.rate_limited_client += 1
             return None
         subnet = self._subnet_of(relays, link)
-        if unicast and not relays and kind in _UNICAST_CHECKED and (
-                subnet is None or subnet.unicast is None):
+        if subnet is None:
+            # A link (or relay) we have no [[dhcp.subnets6]] for: not ours to answer, not even
+            # an INFORMATION-REQUEST (another server may serve it).
+            self.stats.no_subnet += 1
+            return None
+        if unicast and not relays and kind in _UNICAST_CHECKED and subnet.unicast is None:
             self.stats.use_multicast += 1
             return self._out(self._use_multicast(client_message), peer, relays)
         relay_text = self._relay_text(relays)
         if kind is MessageType.INFORMATION_REQUEST:
             return self._out(self._information(client_message, subnet, link), peer, relays)
-        if subnet is None:
-            self.stats.no_subnet += 1
-            return None
         if kind is MessageType.CONFIRM:
             return self._out(self._confirm(client_message, subnet), peer, relays)
         if kind is MessageType.SOLICIT:
@@ -582,10 +583,9 @@ class DHCP6Engine:
             status = p6.status_option(Status.NOT_ON_LINK, "not on this link")
         return self._reply(MessageType.REPLY, message, subnet, None, [status], config=False)
 
-    def _information(self, message: Message, subnet: Subnet6 | None,
-                     link: Link6) -> Message:
+    def _information(self, message: Message, subnet: Subnet6, link: Link6) -> Message:
         extra: list[tuple[int, bytes]] = []
-        if subnet is not None and subnet.information_refresh_time:
+        if subnet.information_refresh_time:
             extra.append((Option.INFORMATION_REFRESH_TIME,
                           p6.u32(subnet.information_refresh_time)))
         return self._reply(MessageType.REPLY, message, subnet, link, extra)
