@@ -300,3 +300,24 @@ def test_renewing_and_rebinding_told_apart() -> None:
                            unicast=False)
     assert rebind is not None and rebind.reply is not None
     assert rebind.reply.message_type is MessageType.ACK
+
+
+def test_reservation_by_client_id_and_fqdn_recorded() -> None:
+    client_id = b"\xff\x00\x00\x00\x01\x00\x01\x00\x01abcd"  # RFC 4361: IAID + DUID
+    engine = DHCPEngine(subnets(reservations=[{"client_id": client_id.hex(":"),
+                                               "address": "10.99.0.7"}]))
+    offer = engine.handle(msg(MessageType.DISCOVER, 3, o61=client_id), LINK, T0)
+    assert offer is not None and offer.reply is not None
+    assert offer.reply.yiaddr == IPv4Address("10.99.0.7")
+    assert offer.reply.options[Option.CLIENT_IDENTIFIER] == client_id  # RFC 6842 echo
+    fqdn = b"\x05\x00\x00\x06laptop\x03lan\x00"  # RFC 4702, wire encoding
+    ack = engine.handle(msg(MessageType.REQUEST, 3, o61=client_id, o50=ip("10.99.0.7"),
+                            o54=SERVER.packed, o81=fqdn), LINK, T0)
+    assert ack is not None and ack.lease is not None and ack.reply is not None
+    assert ack.reply.message_type is MessageType.ACK
+    assert ack.lease.hostname == "laptop.lan"
+    assert ack.lease.client == b"id:" + client_id
+    # the same MAC without the client id is another client: not given the reserved address
+    other = engine.handle(msg(MessageType.DISCOVER, 3), LINK, T0 + 1)
+    assert other is not None and other.reply is not None
+    assert other.reply.yiaddr != IPv4Address("10.99.0.7")
