@@ -153,11 +153,14 @@ def test_restart_keeps_v6_bindings_even_after_kill_9(net: NamespacePair,
         server.start()
         assert lease_state(server, address) == "bound"
         assert (server.data / "dhcp6" / "server-duid").read_text() == duid  # the same server
-        # the same client again, from its lease file: the same address
+        # the same client again, from its lease file: it CONFIRMs its address (RFC 8415
+        # 18.2.3), which is on the link, and keeps it
         net.client("ip", "-6", "addr", "flush", "dev", net.client_if, "scope", "global")
         again = dhclient6(net, tmp_path, "-1")
         assert again.returncode == 0, again.stderr
         assert bound_address6(net) == address
+        assert re.search(r"C: CONFIRM .*addr=" + re.escape(address), trace(server))
+        assert re.search(r"S: REPLY .*status=SUCCESS", trace(server).split("C: CONFIRM")[1])
         dhclient6(net, tmp_path, "-x")
         # another client (another DUID) gets another address
         net.client("ip", "-6", "addr", "flush", "dev", net.client_if, "scope", "global")

@@ -419,3 +419,13 @@ def test_silent_on_a_link_without_a_subnet() -> None:
     assert e.handle(msg(MessageType.RENEW, 1), PEER, elsewhere, T0, unicast=True) is None
     assert DHCP6Engine((), SERVER_DUID).handle(info, PEER, Link6(), T0) is None
     assert e.stats.no_subnet == 3
+
+
+def test_ntp_auto_names_netpost_on_the_link() -> None:
+    e = engine(ntp_servers="auto")
+    here = Link6((IPv6Address("2001:db8:99::1"),), ntp_address=IPv6Address("2001:db8:99::1"))
+    advertise = reply_of(e.handle(msg(MessageType.SOLICIT, 1), PEER, here, T0))
+    assert p6.parse_ntp_server(advertise.option(Option.NTP_SERVER) or b"") == ["2001:db8:99::1"]
+    # netpost's NTP not reachable from the link: no option 56
+    advertise = reply_of(e.handle(msg(MessageType.SOLICIT, 2), PEER, LINK, T0))
+    assert advertise.option(Option.NTP_SERVER) is None
