@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from netpost.agent.wkd import urls, wkd_hash, zbase32
-from tests.agent.conftest import MailUser
+from tests.agent.conftest import MailUser, write_account
 from tests.conftest import Server
 
 
@@ -170,7 +170,7 @@ def front(mail_server: Server, tmp_path: Path) -> Iterator[tuple[TLSFront, Path]
 
 
 def test_agent_locates_keys_by_both_methods(published: str, users: dict[str, MailUser],
-                                            front: tuple[TLSFront, Path],
+                                            front: tuple[TLSFront, Path], mail_server: Server,
                                             tmp_path: Path) -> None:
     tls, ca = front
     carol = users["carol"]
@@ -192,6 +192,21 @@ def test_agent_locates_keys_by_both_methods(published: str, users: dict[str, Mai
                                                           "found by wkd").stdout.splitlines()
            if line[:7].strip().isdigit()]
     assert "hello via WKD" in users["bob"].run("read", uid[0]).stdout
+
+    # send --encrypt --wkd fetches a recipient's missing key itself
+    mail_server.add_user("dora@example.test")
+    dora = MailUser("dora@example.test", write_account(
+        mail_server, tmp_path / "dora.toml", "dora@example.test"), tmp_path)
+    dora.run("key", "generate")
+    dora.run("send", "--encrypt", "--wkd", "--wkd-ca-file", str(ca), "--connect-to",
+             f"openpgpkey.example.test={at}", "--to", "bob@example.test", "-s",
+             "wkd on send", "--body", "fetched on the way", "--no-save")
+    assert "imported key Bob" not in dora.run("key", "list").stdout
+    assert "Bob <bob@example.test>" in dora.run("key", "list").stdout
+    uid = [line.split()[0] for line in users["bob"].run("search", "--subject",
+                                                          "wkd on send").stdout.splitlines()
+           if line[:7].strip().isdigit()]
+    assert "fetched on the way" in users["bob"].run("read", uid[0]).stdout
 
     none = carol.run("key", "locate", "nobody@example.test", "--wkd-ca-file", str(ca),
                      "--connect-to", f"openpgpkey.example.test={at}", check=False)

@@ -599,6 +599,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        help="PGP/MIME encryption to every recipient (and you)")
         p.add_argument("--wkd", action="store_true",
                        help="--encrypt: fetch missing recipients' keys by WKD")
+        p.add_argument("--connect-to", action="append", metavar="HOST=ADDRESS:PORT",
+                       help="--wkd: reach HOST at ADDRESS:PORT (like curl --connect-to)")
+        p.add_argument("--wkd-ca-file", metavar="FILE",
+                       help="--wkd: trust the CA certificates in FILE")
         p.add_argument("--no-save", action="store_true",
                        help="do not keep a copy in the Sent folder")
 
