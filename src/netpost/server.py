@@ -273,8 +273,8 @@ async def _serve(data_dir: Path, config: Config, announce: Callable[[str], None]
         await listener.wait_closed()
     await workers_stopped
     await asyncio.to_thread(stores.close)
-    if trace_log is not None:
-        trace_log.close()
+    if services.runtime.trace_log is not None:  # the API may have opened one meanwhile
+        services.runtime.trace_log.close()
     log.info("stopped")
     return 0
 

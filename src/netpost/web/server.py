@@ -106,7 +106,9 @@ def serve_app(app_of: Callable[[Callable[[tuple[str, int] | None], Trace | None]
         def trace_of(client: tuple[str, int] | None) -> Trace | None:
             return traces.get(client) if client is not None else None
 
-        app = app_of(trace_of if listener.trace_log is not None else (lambda _c: None))
+        # The lookup finds nothing for connections that are not traced; tracing may be
+        # switched on while the server runs (PUT /api/v1/traces/{listener}).
+        app = app_of(trace_of)
         config = uvicorn.Config(
             app, http=protocol_class(listener, traces, idle_timeout), ws="none",
             lifespan="off", log_config=None, access_log=False, proxy_headers=False,

@@ -204,3 +204,31 @@ def test_ntp_status_and_leases(api: Api) -> None:
         assert 'netpost_ntp_requests_total{outcome="replies"}' in metrics
     with api.client(ALICE) as c:
         assert c.get("/status/ntp").status_code == 403
+
+
+def test_tracing_switched_on_while_running(tmp_path: Path) -> None:
+    """The inspector's use: a server started without tracing; an administrator turns it on
+    for smtp and http and watches; then off again."""
+    admin = "root@example.test"
+    with start_netpost(tmp_path / "d", listeners=("smtp", "http"),
+                       accounts={admin: "pw"},
+                       config=f'[web]\nadmins = ["{admin}"]\n') as server:
+        headers = {"Authorization": f"Bearer {server.api_token(admin)}"}
+        with httpx.Client(base_url=server.url("/api/v1"), headers=headers, timeout=30) as c:
+            assert c.get("/traces").json()["enabled"] is False
+            assert c.get("/traces/stream").status_code == 409
+            assert c.put("/traces/nope", json={"enabled": True}).status_code == 404
+            for name in ("smtp", "http"):
+                r = c.put(f"/traces/{name}", json={"enabled": True})
+                assert r.status_code == 200 and name in r.json()["listeners"]
+            with smtplib.SMTP(*server.address("smtp"), timeout=30) as s:
+                s.ehlo("watched.example")
+            httpx.get(server.url("/api/v1/me"), headers=headers)  # a new connection
+            trace = (server.data_dir / "trace.log").read_text()
+            assert "ehlo watched.example" in trace.lower()
+            assert "C: GET /api/v1/me" in trace and "Bearer" not in trace
+            r = c.put("/traces/smtp", json={"enabled": False})
+            assert r.json()["listeners"] == ["http"]
+            with smtplib.SMTP(*server.address("smtp"), timeout=30) as s:
+                s.ehlo("unwatched.example")
+            assert "unwatched" not in (server.data_dir / "trace.log").read_text()

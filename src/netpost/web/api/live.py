@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pydantic import BaseModel, Field
 from starlette.responses import Response, StreamingResponse
 
+from netpost.net.trace import TraceLog
 from netpost.services import Services
 from netpost.web.api.framework import Access, ApiError, Call, Endpoint
 from netpost.web.api.models import (
@@ -28,6 +29,7 @@ from netpost.web.api.models import (
     SessionInfo,
     SessionList,
     TraceStatus,
+    TraceSwitch,
 )
 
 QUEUE_LINES = 10_000  # lines kept for one slow reader before dropping
@@ -64,6 +66,9 @@ class LiveApi:
                      "live", access=a, response=SessionList),
             Endpoint("GET", "/traces", self.trace_status, "Which listeners are traced",
                      "live", access=a, response=TraceStatus),
+            Endpoint("PUT", "/traces/{listener}", self.switch_trace, "Trace a listener's "
+                     "new sessions from now on, or stop (until the server restarts)", "live",
+                     access=a, body=TraceSwitch, response=TraceStatus),
             Endpoint("GET", "/traces/stream", self.trace_stream, "The protocol trace as it is "
                      "written (server-sent events)", "live", access=a, query=TraceQuery,
                      media_type="text/event-stream",
@@ -88,7 +93,8 @@ class LiveApi:
             listeners.append(ListenerInfo(name=spec.name, protocol=spec.protocol,
                                           address=str(lst.bound or spec.address),
                                           transport=transport,
-                                          traced=getattr(lst, "trace_log", None) is not None,
+                                          traced=getattr(lst, "trace_log", getattr(
+                                              lst, "trace", None)) is not None,
                                           connections=count))
             for s in open_sessions:
                 sessions.append(SessionInfo(
@@ -100,9 +106,28 @@ class LiveApi:
     async def trace_status(self, call: Call) -> TraceStatus:
         log = self.runtime.trace_log
         traced = [lst.spec.name for lst in self.runtime.listeners
-                  if getattr(lst, "trace_log", None) is not None]
+                  if getattr(lst, "trace_log", getattr(lst, "trace", None)) is not None]
         return TraceStatus(enabled=log is not None, file=str(log.path) if log else None,
                            listeners=traced)
+
+    async def switch_trace(self, call: Call) -> TraceStatus:
+        name = str(call.path["listener"])
+        found = [lst for lst in self.runtime.listeners if lst.spec.name == name]
+        if not found:
+            raise ApiError(404, f"no listener {name} is running")
+        log = self.runtime.trace_log
+        if call.body.enabled and log is None:
+            config = self.services.config
+            if self.services.data_dir is None or config is None:
+                raise ApiError(409, "this server has no data directory to trace into")
+            log = self.runtime.trace_log = TraceLog(self.services.data_dir / config.trace.file)
+        for lst in found:
+            on = log if call.body.enabled else None
+            if hasattr(lst, "trace_log"):  # stream and served listeners: new sessions
+                lst.trace_log = on
+            elif hasattr(lst, "trace"):  # datagram listeners: every datagram from now on
+                lst.trace = on.datagrams(name) if on is not None else None
+        return await self.trace_status(call)
 
     async def trace_stream(self, call: Call) -> Response:
         log = self.runtime.trace_log

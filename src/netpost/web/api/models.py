@@ -203,6 +203,10 @@ class SessionList(BaseModel):
     sessions: list[SessionInfo]
 
 
+class TraceSwitch(Strict):
+    enabled: bool
+
+
 class TraceStatus(BaseModel):
     enabled: bool
     file: str | None
