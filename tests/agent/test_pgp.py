@@ -393,3 +393,34 @@ def test_passphrase_protected_key(keyed: dict[str, MailUser], mail_server: Serve
     shown = carol.run("read", uid, env={"NETPOST_PGP_PASSPHRASE_COMMAND": "echo sesame"})
     assert "locked" in shown.stdout
     os.environ.pop("NETPOST_PGP_PASSPHRASE_COMMAND", None)
+
+
+def test_autocrypt_teaches_the_key_and_encryption_follows(
+        keyed: dict[str, MailUser], mail_server: Server, tmp_path: Path) -> None:
+    """Autocrypt Level 1: grace (autocrypt = true) sends mail with her key in the header;
+    henry (autocrypt = true) reads it, has her key, and can answer encrypted."""
+    people = {}
+    for name in ("grace", "henry"):
+        mail_server.add_user(f"{name}@example.test")
+        home = tmp_path / name
+        home.mkdir()
+        account = write_account(mail_server, home / "mail.toml", f"{name}@example.test",
+                                extra="autocrypt = true")
+        people[name] = MailUser(f"{name}@example.test", account, home)
+        people[name].run("key", "generate")
+    grace, henry = people["grace"], people["henry"]
+    grace.run("send", "--to", henry.address, "-s", "hello autocrypt", "--body", "hi",
+              "--no-save")
+    uid = uid_of(henry, "hello autocrypt")
+    raw = raw_message(henry, uid)
+    assert b"=?utf-8?" not in raw and parse(raw)["Autocrypt"].startswith(
+        "addr=grace@example.test; prefer-encrypt=mutual; keydata=")
+    shown = henry.run("read", str(uid)).stdout
+    assert "Autocrypt: imported key Grace <grace@example.test>" in shown
+    henry.run("send", "--encrypt", "--to", grace.address, "-s", "autocrypt answer",
+              "--body", "now encrypted", "--no-save")
+    got = grace.run("read", str(uid_of(grace, "autocrypt answer"))).stdout
+    assert "now encrypted" in got and "PGP: decrypted with Grace" in got
+    # her key already known: a second message changes nothing
+    grace.run("send", "--to", henry.address, "-s", "again", "--body", "x", "--no-save")
+    assert "Autocrypt:" not in henry.run("read", str(uid_of(henry, "again"))).stdout

@@ -81,6 +81,7 @@ class Account:
     ca_file: str | None = None
     keyring: Path = field(default_factory=lambda: data_home() / "keyring")
     sent_folder: str = "Sent"
+    autocrypt: bool = False  # Autocrypt Level 1: send our key, learn senders' keys
     _password: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def password(self) -> str:
@@ -163,7 +164,8 @@ def _endpoint(raw: dict[str, Any], proto: str, server: str | None, allow_plain: 
 
 
 KNOWN_KEYS = {"address", "name", "server", "user", "password_command", "tls_fingerprint",
-              "ca_file", "allow_plaintext", "keyring", "sent_folder", "imap", "smtp", "pop3"}
+              "ca_file", "allow_plaintext", "keyring", "sent_folder", "autocrypt", "imap", "smtp",
+              "pop3"}
 
 
 def load_account(path: Path) -> Account:
@@ -199,4 +201,5 @@ def load_account(path: Path) -> Account:
         keyring=(path.parent / Path(keyring).expanduser() if isinstance(keyring, str)
                  else data_home() / "keyring"),
         sent_folder=str(raw.get("sent_folder", "Sent")),
+        autocrypt=bool(raw.get("autocrypt", False)),
     )

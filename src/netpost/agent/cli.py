@@ -127,6 +127,12 @@ def opened(raw: bytes, account: Account, args: argparse.Namespace) -> tuple[Emai
     if msg.defects and not msg.keys():
         raise AgentError("the message cannot be parsed as MIME: "
                          f"{type(msg.defects[0]).__name__}")
+    learned: list[str] = []
+    if account.autocrypt and msg.get("Autocrypt"):
+        from netpost.agent.autocrypt import learn
+
+        note = learn(msg, keyring_of(account, args))
+        learned = [note] if note else []
     if msg.get_content_type() in ("multipart/signed", "multipart/encrypted"):
         from netpost.agent.mime_pgp import open_message
 
@@ -136,8 +142,8 @@ def opened(raw: bytes, account: Account, args: argparse.Namespace) -> tuple[Emai
                      "References"):
             if header(msg, name) and not result.content.get(name):
                 result.content[name] = header(msg, name)
-        return msg, result.content, result.notes
-    return msg, msg, []
+        return msg, result.content, learned + result.notes
+    return msg, msg, learned
 
 
 def cmd_read(args: argparse.Namespace) -> int:
@@ -273,6 +279,10 @@ def deliver(msg: EmailMessage, account: Account, args: argparse.Namespace) -> No
     from netpost.agent.transport import submit
 
     rcpts = recipients(msg)
+    if account.autocrypt:
+        from netpost.agent.autocrypt import add_header
+
+        add_header(msg, keyring_of(account, args), account.address)
     final = protect(msg, account, args, [email.utils.parseaddr(r)[1] for r in rcpts])
     wire = submit(account, final, rcpts)
     print(f"sent to {', '.join(rcpts)}")
