@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.conftest import MailUser, user_env
-from tests.agent.test_commands import raw_of, uid_of
+from tests.agent.test_commands import raw_of, uid_of, uids_of
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.interop
@@ -77,7 +77,7 @@ def vim_ex(t: Terminal, command: str) -> None:
     t.keys("Enter")
 
 
-def test_compose_send_and_reply_in_vim(terminal: Terminal, users: dict[str, MailUser]) -> None:
+def test_compose_and_send_in_vim(terminal: Terminal, users: dict[str, MailUser]) -> None:
     t = terminal
     t.type(t.base + " send")
     t.keys("Enter")
@@ -108,6 +108,7 @@ def test_compose_send_and_reply_in_vim(terminal: Terminal, users: dict[str, Mail
     t.type("n")
     t.keys("Enter")
     t.wait_for("not sent")
+    assert uids_of(bob, "not this one") == []
 
 
 def test_reply_in_vim_quotes_the_original(tmp_path: Path, users: dict[str, MailUser]) -> None:
