@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
 
 from netpost.testing import RunningNetpost, start_netpost
 
@@ -31,7 +38,8 @@ admins = ["{ADMIN}"]
 [trace]
 listeners = ["smtp", "submission"]
 """
-TIMEOUT_MS = 15_000
+TIMEOUT_MS = 15_000  # for actions and expectations alike (a loaded 2-core machine)
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 def chromium_executable(playwright: Playwright) -> str | None:

@@ -142,6 +142,34 @@ def test_reply_with_an_attachment(server: RunningNetpost, alice: Page, bob: Page
     assert reply["In-Reply-To"] == original["Message-ID"]
 
 
+def test_forward_keeps_the_attachments_and_move(server: RunningNetpost, bob: Page,
+                                                 admin: Page) -> None:
+    admin.goto(server.url("/#/mail"))
+    expect(admin.locator("#messages")).to_be_visible()
+    bob.goto(server.url("/#/mail"))
+    bob.locator("#messages li.row", has_text="Re: Lunch on Friday?").click()
+    bob.get_by_role("button", name="Forward").click()
+    expect(bob.locator("#compose-subject")).to_have_value("Fwd: Lunch on Friday?")
+    expect(bob.get_by_text("Forwarding attachments: menu.txt")).to_be_visible()
+    bob.fill("#compose-to", ADMIN)
+    bob.get_by_role("button", name="Send").click()
+    expect(bob.get_by_role("status")).to_contain_text("Sent to admin@example.test")
+    row = admin.locator("#messages li.row", has_text="Fwd: Lunch on Friday?")
+    expect(row).to_be_visible()
+    row.click()
+    expect(admin.locator("pre.body")).to_contain_text("---------- Forwarded message ----------")
+    expect(admin.get_by_role("link", name="menu.txt")).to_be_visible()
+    [forwarded] = server.messages(ADMIN)
+    [part] = [p for p in forwarded.iter_attachments()]
+    assert part.get_filename() == "menu.txt"
+    assert part.get_payload(decode=True) == b"soup\nsalad\n\x00\xff binary too\n"
+    admin.locator("#move-to").select_option("Archive")
+    expect(admin.get_by_role("status")).to_contain_text("Moved to Archive")
+    expect(row).to_have_count(0)
+    admin.locator('#folders a[data-mailbox="Archive"]').click()
+    expect(admin.locator("#messages li.row", has_text="Fwd: Lunch on Friday?")).to_be_visible()
+
+
 def test_threads_search_flag_and_delete(server: RunningNetpost, bob: Page) -> None:
     bob.goto(server.url("/#/mail"))
     with smtplib.SMTP(*server.address("smtp")) as s:
@@ -175,6 +203,7 @@ def test_threads_search_flag_and_delete(server: RunningNetpost, bob: Page) -> No
 def test_inspector_shows_an_smtp_session_as_it_happens(server: RunningNetpost,
                                                        admin: Page) -> None:
     admin.goto(server.url("/#/inspector/listener/smtp"))
+    expect(admin.locator("#trace-watching")).to_have_text("Watching listener smtp")
     lines = admin.locator("#trace-lines")
     expect(lines).to_have_attribute("data-open", "true")
     with smtplib.SMTP(*server.address("smtp")) as s:
@@ -196,6 +225,8 @@ def test_inspector_shows_an_smtp_session_as_it_happens(server: RunningNetpost,
 
 def test_inspector_redacts_passwords(server: RunningNetpost, admin: Page) -> None:
     admin.goto(server.url("/#/inspector/listener/submission"))
+    # (the list of the page before is still there until the new one is drawn)
+    expect(admin.locator("#trace-watching")).to_have_text("Watching listener submission")
     lines = admin.locator("#trace-lines")
     expect(lines).to_have_attribute("data-open", "true")
     with smtplib.SMTP(*server.address("submission")) as s:
@@ -212,6 +243,7 @@ def test_files_upload_share_download_unshare(server: RunningNetpost, alice: Page
     alice.fill("#folder-name", "docs")
     alice.get_by_role("button", name="Make folder").click()
     alice.get_by_role("link", name="docs/").click()
+    expect(alice.get_by_role("navigation", name="Folder")).to_contain_text("docs")
     content = b"minutes of the meeting\n" * 100
     alice.set_input_files("#upload-file", files=[
         {"name": "minutes.txt", "mimeType": "text/plain", "buffer": content}])

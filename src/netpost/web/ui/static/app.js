@@ -223,7 +223,8 @@ async function mailView() {
     state.search = "";
     mount(h("div", { class: "mail" },
       h("section", { class: "folders", "aria-label": "Folders", id: "folders" }),
-      h("section", { class: "msglist", "aria-label": "Messages", id: "msglist" }),
+      h("section", { class: "msglist", "aria-label": "Messages", id: "msglist" },
+        listToolbar(), h("div", { id: "listbody" })),
       h("section", { class: "reader", "aria-label": "Message", id: "reader" },
         h("p", { class: "muted", text: "Choose a message to read it." }))));
     drawFolders();
@@ -248,8 +249,20 @@ function drawFolders() {
           text: String(m.unseen) }) : null)))));
 }
 
+function listToolbar() {
+  const search = h("input", { type: "search", id: "search", placeholder: "Search subject, from, to",
+    "aria-label": "Search messages", value: state.search });
+  return h("form", { class: "toolbar", role: "search", on: { submit: (ev) => {
+    ev.preventDefault(); state.search = search.value.trim(); state.pages = []; loadList().catch(fail);
+  } } }, search, h("button", { type: "submit", text: "Search" }),
+    h("label", { class: "muted", style: null },
+      h("input", { type: "checkbox", id: "threaded", checked: state.threaded, on: { change: (ev) => {
+        state.threaded = ev.target.checked; state.pages = []; loadList().catch(fail);
+      } } }), " Threads"));
+}
+
 async function loadList() {
-  const el = document.getElementById("msglist");
+  const el = document.getElementById("listbody");
   if (!el) return;
   const box = state.mailbox;
   const before = state.pages.length ? state.pages[state.pages.length - 1] : null;
@@ -264,15 +277,6 @@ async function loadList() {
     page = await api("GET", `/mailboxes/${box.id}/messages${q}`);
   }
   if (seq !== state.listSeq) return;
-  const search = h("input", { type: "search", id: "search", placeholder: "Search subject, from, to",
-    "aria-label": "Search messages", value: state.search });
-  const toolbar = h("form", { class: "toolbar", role: "search", on: { submit: (ev) => {
-    ev.preventDefault(); state.search = search.value.trim(); state.pages = []; loadList().catch(fail);
-  } } }, search, h("button", { type: "submit", text: "Search" }),
-    h("label", { class: "muted", style: null },
-      h("input", { type: "checkbox", id: "threaded", checked: state.threaded, on: { change: (ev) => {
-        state.threaded = ev.target.checked; state.pages = []; loadList().catch(fail);
-      } } }), " Threads"));
   const list = h("ul", { role: "listbox", "aria-label": `${box.name} messages`, id: "messages" });
   if (page.threads) {
     for (const t of page.threads) {
@@ -293,7 +297,7 @@ async function loadList() {
       : `${box.name}: ${page.total} messages` + (state.pages.length ? `, page ${state.pages.length + 1}` : "") }),
     h("button", { type: "button", text: "Older", disabled: !page.next_before || !!state.search,
       on: { click: () => { state.pages.push(page.next_before); loadList().catch(fail); } } }));
-  el.replaceChildren(toolbar, list, pager);
+  el.replaceChildren(list, pager);
 }
 
 function messageRow(m, threadCount) {
