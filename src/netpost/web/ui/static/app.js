@@ -300,10 +300,18 @@ async function loadList() {
   el.replaceChildren(list, pager);
 }
 
+// "Name" <a@b> / Name <a@b> / a@b -> the name, else the address (shown as text, never HTML).
+function displayName(from) {
+  const m = /^\s*(?:"((?:[^"\\]|\\.)*)"|([^<]*?))\s*<([^<>]*)>\s*$/.exec(from || "");
+  if (!m) return from || "";
+  const name = m[1] !== undefined ? m[1].replace(/\\(.)/g, "$1") : m[2];
+  return name || m[3];
+}
+
 function messageRow(m, threadCount) {
   const unread = !m.flags.includes("\\Seen");
   const flagged = m.flags.includes("\\Flagged");
-  const from = (m.from || "").replace(/<[^>]*>/, "").replace(/"/g, "").trim() || m.from;
+  const from = displayName(m.from);
   return h("li", {
     class: "row" + (unread ? " unread" : ""), role: "option", tabindex: "0", "data-uid": m.uid,
     "aria-selected": state.selected === m.uid ? "true" : "false",
@@ -400,8 +408,8 @@ async function readMessage(uid) {
       h("a", { class: "button", download: p.filename || "", href:
         `${API}/mailboxes/${box.id}/messages/${uid}/parts/${encodeURIComponent(p.part)}`,
         text: `${p.filename || "part " + p.part} (${octets(p.size)})` }))))) : null;
-  reader.replaceChildren(actions, h("h1", { id: "message-subject", text: m.subject || "(no subject)" }),
-    dl, body, attachments);
+  reader.replaceChildren(...[actions, h("h1", { id: "message-subject", text: m.subject || "(no subject)" }),
+    dl, body, attachments].filter(Boolean));
   reader.dataset.messageId = header("message-id");
 }
 
