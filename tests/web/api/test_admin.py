@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from netpost.store.embedded import open_reader
+from netpost.store.interfaces import BlobRef
 from netpost.testing import start_netpost
 from tests.conftest import DOMAIN, PASSWORD
 from tests.web.api.conftest import ADMIN, ALICE, BOB, Api
@@ -92,6 +94,15 @@ def test_queue_list_retry_delete(api: Api) -> None:
         assert queue_id in ids and sum(listed["counts"].values()) >= 1
         one = c.get(f"/queue/{queue_id}").json()
         assert one["mail_from"] == ALICE
+        # As from submission: DKIM-signed as the sender's domain, for the remote recipient.
+        shown = api.server.cli("queue", "show", queue_id).stdout
+        sha = shown.split("sha256 ")[1].split()[0]
+        reader = open_reader(api.server.data)
+        try:
+            queued = reader.blobs.read(BlobRef(sha, one["size"]))
+        finally:
+            reader.close()
+        assert b"DKIM-Signature:" in queued and f"d={DOMAIN}".encode() in queued
         assert one["recipients"][0]["address"] == "someone@unreachable.invalid"
         assert c.post(f"/queue/{queue_id}/retry").status_code == 200
         assert c.post("/queue/flush", params={"domain": "unreachable.invalid"}

@@ -50,6 +50,8 @@ def test_send_read_parts_raw_and_sent_copy(api: Api) -> None:
         assert raw.headers["content-type"] == "message/rfc822"
         assert b"\r\nSubject: =?utf-8?" in raw.content  # RFC 2047 encoded
         assert raw.content.startswith(b"Return-Path: <" + ALICE.encode())
+        assert b"with HTTP id " in raw.content  # the trace fields of a submission
+        assert b"authenticated as " + ALICE.encode() in raw.content
     sent = api.mailbox_id(ALICE, "Sent")
     with api.client(ALICE) as c:
         copy = c.get(f"/mailboxes/{sent}/messages").json()["messages"][0]

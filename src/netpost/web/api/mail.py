@@ -7,8 +7,9 @@ another account is 404, the same answer as a mailbox that does not exist (IDOR).
 
 Listing reads one page from the store (`Messages.message_page`: a range scan of the primary
 key below a UID, newest first), whatever the mailbox's size.  Sending goes the way of
-submission: `LocalDelivery.submit`, which answers once the message is durable in the local
-mailboxes and the outbound queue (accepted means durable), then a copy is kept in Sent.
+submission: `LocalDelivery.deliver` as for a logged-in SMTP client (trace fields, DKIM for
+remote recipients), which answers once the message is durable in the local mailboxes and the
+outbound queue (accepted means durable); then a copy is kept in Sent.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response, StreamingResponse
 
 from netpost.mail import address as names
-from netpost.mail.delivery import NotLocal, UnknownRecipient
+from netpost.mail.delivery import NotLocal, Recipient, UnknownRecipient
 from netpost.services import Services
 from netpost.store.interfaces import Mailbox
 from netpost.store.interfaces import MessageSummary as StoredSummary
@@ -380,20 +381,20 @@ class MailApi:
 
     # --- sending ---------------------------------------------------------------------------
 
-    def _recipient(self, text: str) -> str:
+    def _recipient(self, text: str) -> Recipient:
         try:
             address = names.parse_address(text)[0]
         except names.InvalidAddress:
             raise ApiError(422, f"{text!r} is not a valid address") from None
         delivery = self.s.delivery
         try:
-            delivery.resolve(address)
+            return delivery.resolve(address)
         except NotLocal:
             if not delivery.relay.enabled:
                 raise ApiError(400, f"{address} is not local and the relay is off") from None
+            return delivery.remote(address)
         except UnknownRecipient:
             raise ApiError(400, f"no such local user {address}") from None
-        return address
 
     def compose(self, sender: str, body: SendRequest) -> tuple[bytes, str]:
         msg = EmailMessage(policy=email.policy.SMTP)
@@ -428,28 +429,32 @@ class MailApi:
     async def send(self, call: Call) -> SendResult:
         body: SendRequest = call.body
         sender = call.user.address
-        recipients: list[str] = []
+        recipients: list[Recipient] = []
         for text in [*body.to, *body.cc, *body.bcc]:
-            address = self._recipient(text)
-            if address not in recipients:
-                recipients.append(address)
+            recipient = self._recipient(text)
+            if recipient.address not in [r.address for r in recipients]:
+                recipients.append(recipient)
         content, message_id = await asyncio.to_thread(self.compose, sender, body)
         if len(content) > self.max_message_size:
             raise ApiError(413, f"the message is larger than {self.max_message_size} octets")
-        try:
-            queue_id = await self.s.delivery.submit(content, mail_from=sender,
-                                                    recipients=recipients,
-                                                    origin=f"web {sender}")
-        except UnknownRecipient as exc:
-            raise ApiError(400, f"no recipient could be reached: {exc}") from None
+        # As submission does for a logged-in client (smtp/server.py): trace fields naming
+        # the account, DKIM-signed as the sender's domain for remote recipients, local
+        # mailboxes and the outbound queue in one durable commit before the answer.
+        request = call.request
+        scheme = request.url.scheme.upper()
+        queue_id = await self.s.delivery.deliver(
+            content, mail_from=sender, recipients=recipients, helo=None,
+            client_ip=request.client.host if request.client else "", with_protocol=scheme,
+            tls="TLS" if scheme == "HTTPS" else None, authenticated=sender,
+            sign_as=sender.rpartition("@")[2])
         sent_uid = None
         if body.save_sent:
             sent = self.catalogue.get_mailbox(call.user.account.id, "Sent")
             if sent is not None:
                 sent_uid = await self.s.mailboxes.append(sent, content,
                                                          flags=frozenset({"\\Seen"}))
-        return SendResult(queue_id=queue_id, message_id=message_id, recipients=recipients,
-                          sent_uid=sent_uid)
+        return SendResult(queue_id=queue_id, message_id=message_id,
+                          recipients=[r.address for r in recipients], sent_uid=sent_uid)
 
     # --- change feed -----------------------------------------------------------------------
 
