@@ -238,6 +238,22 @@ def test_inspector_redacts_passwords(server: RunningNetpost, admin: Page) -> Non
     assert secret not in text and PASSWORD not in text
 
 
+def test_inspector_turns_tracing_of_a_listener_on(server: RunningNetpost, admin: Page) -> None:
+    admin.goto(server.url("/#/inspector"))
+    admin.locator("#trace-listener").select_option("http")
+    expect(admin.get_by_text("http is not traced")).to_be_visible()
+    admin.get_by_role("button", name="Trace http").click()
+    expect(admin.get_by_role("button", name="Stop tracing http")).to_be_visible()
+    lines = admin.locator("#trace-lines")
+    expect(lines).to_have_attribute("data-open", "true")
+    assert httpx.get(server.url("/api/v1/watched-by-the-inspector")).status_code == 404
+    expect(lines).to_contain_text("C: GET /api/v1/watched-by-the-inspector")
+    expect(lines).to_contain_text("S: 404")
+    shot(admin, "12-inspector-http")
+    admin.get_by_role("button", name="Stop tracing http").click()
+    expect(admin.get_by_role("button", name="Trace http")).to_be_visible()
+
+
 def test_files_upload_share_download_unshare(server: RunningNetpost, alice: Page) -> None:
     alice.goto(server.url("/#/files"))
     alice.fill("#folder-name", "docs")

@@ -623,10 +623,29 @@ async function inspectorView() {
   const sessions = h("table", {}, h("thead", {}, h("tr", {}, ["Listener", "Peer", "TLS", "Idle"].map((t) => h("th", { text: t })))),
     h("tbody", {}, live.sessions.map((s) => h("tr", {}, h("td", { text: s.listener }), h("td", { class: "mono", text: s.peer }),
       h("td", { text: s.tls ? "yes" : "no" }), h("td", { text: `${Math.round(s.idle)} s` })))));
+  const chosen = kind === "listener" ? live.listeners.find((l) => l.name === name) : null;
+  const switchTrace = (on) => async () => {
+    try {
+      await api("PUT", `/traces/${encodeURIComponent(chosen.name)}`, { enabled: on });
+      say(on ? `Tracing ${chosen.name}: new sessions from now on` : `Stopped tracing ${chosen.name}`);
+      render();
+    } catch (err) { fail(err); }
+  };
+  let control = null;
+  if (chosen && !chosen.traced) {
+    control = h("div", { class: "notice", role: "note" },
+      h("span", { text: `${chosen.name} is not traced: its sessions are not recorded.` }),
+      h("button", { type: "button", class: "primary", text: `Trace ${chosen.name}`, on: { click: switchTrace(true) } }));
+  } else if (chosen) {
+    control = h("div", { class: "toolbar" }, h("button", { type: "button", text: `Stop tracing ${chosen.name}`,
+      on: { click: switchTrace(false) } }));
+  } else if (!traces.enabled) {
+    control = h("p", { class: "status error", text: "No listener is traced: pick one above and press " +
+      "its Trace button, or start netpost with --trace ([trace] listeners in netpost.toml)." });
+  }
   mount(h("div", { class: "inspector" },
     h("h1", { text: "Protocol inspector" }),
-    traces.enabled ? null : h("p", { class: "status error", text:
-      "Tracing is off: start netpost with --trace or set [trace] listeners to watch conversations." }),
+    control,
     h("div", { class: "toolbar" }, h("label", { for: "trace-listener", class: "muted", text: "Listener" }), choose,
       pause, h("button", { type: "button", text: "Clear", on: { click: () => lines.replaceChildren() } }),
       kind === "session" ? h("a", { class: "button", href: "#/inspector", text: "All sessions" }) : null,
