@@ -33,6 +33,7 @@ import benchlib as bl  # noqa: E402
 
 TOOLS = Path(os.environ.get("NETPOST_TOOLS", Path.home() / ".cache" / "netpost-tools"))
 NTPPERF_SRC = Path("/work/shared/tools/ntpperf.tar.gz")
+NICE: list[str] = []  # ["nice", "-n", N] with --nice: the server and ntpperf alike
 SRV, CLI = "ntp-srv", "ntp-cli"
 SERVER_IP = "10.98.0.1"
 CLIENTS = "172.18.0.0/16"
@@ -95,7 +96,7 @@ class Server:
         self.name = name
         self.log = log
         out = log.open("w")
-        self.proc = subprocess.Popen(["ip", "netns", "exec", SRV, *cmd], stdout=out,
+        self.proc = subprocess.Popen(["ip", "netns", "exec", SRV, *NICE, *cmd], stdout=out,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env)
         bl.on_exit(self.stop)
@@ -151,7 +152,7 @@ def run_ntpperf(binary: Path, mac: str, args: argparse.Namespace, log: Path
     """ntpperf until two rates in a row lose 20 % or more (one such rate can be a moment when
     something else had the CPU; or until it cannot send faster); the highest rate with < 1 %
     lost and no invalid (late: the client had asked again) answers, and its lines."""
-    cmd = ["ip", "netns", "exec", CLI, str(binary), "-i", "veth-ncli", "-m", mac, "-d",
+    cmd = ["ip", "netns", "exec", CLI, *NICE, str(binary), "-i", "veth-ncli", "-m", mac, "-d",
            SERVER_IP, "-s", CLIENTS, "-B", "-r", f"{args.start}-{args.max_rate}", "-x",
            str(args.step), "-t", str(args.interval), "-p", str(args.senders)]
     if args.late:
@@ -195,6 +196,9 @@ def main() -> int:
     ap.add_argument("--senders", type=int, default=1, help="ntpperf sender processes")
     ap.add_argument("--late", action="store_true",
                     help="ntpperf -l: allow late transmissions (on a machine others use)")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run the server and ntpperf at this nice level (e.g. -10 on a machine "
+                    "others use: both servers get the same priority over the rest)")
     ap.add_argument("--only", choices=["netpost", "chronyd"], help="measure one server")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -202,6 +206,8 @@ def main() -> int:
     for tool in ("ip", "iptables", "chronyd"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install iproute2 iptables chrony")
+    if args.nice:
+        NICE.extend(["nice", "-n", str(args.nice)])
     binary = build_ntpperf()
     src = bl.snapshot_src()
     out = bl.results_dir("ntp")
@@ -237,7 +243,7 @@ def main() -> int:
         print(f"- {k}: {v}")
     print(f"- rate step x{args.step} every {args.interval} s from {args.start}/s; "
           f"ntpperf senders: {args.senders}{' (-l: late sends allowed)' if args.late else ''}; "
-          f"runs: {args.runs}\n")
+          f"runs: {args.runs}; nice: {args.nice}\n")
     rows = [["server", "requests/s at < 1 % loss: median [min–max]", "runs"]]
     for name in names:
         rows.append([name, bl.mmm(results[name]), str(len(results[name]))])
