@@ -73,8 +73,9 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNetpost]:
     accounts = {ADMIN: PASSWORD, ALICE: PASSWORD, BOB: PASSWORD}
-    with start_netpost(tmp_path_factory.mktemp("ui"), listeners=("smtp", "submission", "http"),
-                       accounts=accounts, config=UI_CONFIG) as np:
+    with start_netpost(tmp_path_factory.mktemp("ui"),
+                       listeners=("smtp", "submission", "http", "https"), accounts=accounts,
+                       config=UI_CONFIG) as np:
         yield np
 
 

@@ -297,3 +297,16 @@ def test_logout_ends_the_session(server: RunningNetpost, browser: Browser) -> No
     page.reload()
     expect(page.get_by_role("heading", name="Log in to netpost")).to_be_visible()
     page.context.close()
+
+
+def test_the_ui_over_https(server: RunningNetpost, browser: Browser) -> None:
+    context = browser.new_context(ignore_https_errors=True)  # netpost's self-signed certificate
+    page = context.new_page()
+    page.goto(server.url("/", listener="https"))
+    page.fill("#login-address", ALICE)
+    page.fill("#login-password", PASSWORD)
+    page.click("form.login button[type=submit]")
+    expect(page.locator("#messages")).to_be_visible()
+    cookie = next(c for c in context.cookies() if c["name"] == "netpost_session")
+    assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    context.close()
