@@ -155,3 +155,24 @@ def test_change_feed_streams_smtp_deliveries(api: Api) -> None:
         inbox = api.mailbox_id(BOB)
         msg = c.get(f"/mailboxes/{inbox}/messages/{events[0]['uid']}").json()
         assert msg["subject"] == "live"
+
+
+def test_counts_follow_every_change(api: Api) -> None:
+    """Totals and unseen counts are remembered per HIGHESTMODSEQ: every append, flag change
+    and expunge must show at once."""
+    inbox = api.mailbox_id(BOB)
+    with api.client(BOB) as c:
+        def state() -> tuple[int, int, int]:
+            total = c.get(f"/mailboxes/{inbox}/messages").json()["total"]
+            box = next(b for b in c.get("/mailboxes").json()["mailboxes"] if b["id"] == inbox)
+            return total, box["messages"], box["unseen"]
+
+        total, messages, unseen = state()
+        assert total == messages
+        _send(api, ALICE, to=[BOB], subject="count me", text="x", save_sent=False)
+        assert state() == (total + 1, messages + 1, unseen + 1)
+        uid = c.get(f"/mailboxes/{inbox}/messages").json()["messages"][0]["uid"]
+        c.post(f"/mailboxes/{inbox}/messages/{uid}/flags", json={"add": ["\\Seen"]})
+        assert state() == (total + 1, messages + 1, unseen)
+        c.delete(f"/mailboxes/{inbox}/messages/{uid}")
+        assert state() == (total, messages, unseen)
