@@ -335,12 +335,14 @@ def test_traversal_refused(site: Site) -> None:
         f"/s/{t}/link-out", f"/s/{t}/./a.txt", f"/s/{t}/%2e/a.txt", f"/s/{t}/..",
         f"/s/{site.file}/../secret.txt", f"/s/{site.file}/%2e%2e/secret.txt",
         f"/s/{t}/.netpost-upload.x", f"/s/{t}/a.txt%0d%0aX-Injected:%201",
-        "/s/", "/s", "/", "/secret.txt", f"/{ALICE}/secret.txt",
+        "/s/", "/s", "/secret.txt", f"/{ALICE}/secret.txt",
     ]
     for path in attempts:
         status, h, body = site.get(path)
         assert status == 404, path
         assert b"secret" not in body and b"root:" not in body, path
+    status, h, body = site.get("/")  # the web UI's page (web/ui), nothing of a tree
+    assert status == 200 and b"<title>netpost</title>" in body and b"secret" not in body
     r = _curl("--path-as-is", "-w", "\n%{http_code}", site.url(f"/s/{t}/../secret.txt"))
     assert _status_of(r) == 404 and b"top secret" not in r.stdout
     # Also on a raw socket, so that no client tidies the path first.
