@@ -318,7 +318,15 @@ function messageRow(m, threadCount) {
     "aria-label": `${unread ? "Unread. " : ""}${flagged ? "Flagged. " : ""}From ${from}: ${m.subject}`,
     on: {
       click: () => go(`mail/${state.mailbox.id}/${m.uid}`),
-      keydown: (ev) => { if (ev.key === "Enter") go(`mail/${state.mailbox.id}/${m.uid}`); },
+      keydown: (ev) => {
+        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); go(`mail/${state.mailbox.id}/${m.uid}`); }
+        if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {  // move through the list
+          ev.preventDefault();
+          const rows = [...document.querySelectorAll("#messages li.row")];
+          const next = rows[rows.indexOf(ev.currentTarget) + (ev.key === "ArrowDown" ? 1 : -1)];
+          if (next) next.focus();
+        }
+      },
     } },
     h("span", { class: "flag", "aria-hidden": "true", text: flagged ? "★" : "" }),
     h("span", { class: "from", text: from }, threadCount > 1
