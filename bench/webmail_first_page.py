@@ -2,6 +2,7 @@
 """Web UI benchmark: the webmail's first page of a 100,000-message mailbox in a real browser.
 
 usage: bench/webmail_first_page.py [--messages 100000] [--runs 30] [--port 12081] [--keep]
+                                   [--prepare-only]
 
 Setup: a snapshot of src/ (benchlib), a fresh data dir $BENCH_ROOT/netpost/webmail with
 domain bench.test and user big1@bench.test; N messages (350-600 octets, 50 senders)
@@ -77,6 +78,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--port", type=int, default=12081)
     ap.add_argument("--keep", action="store_true", help="keep the data dir for a re-run")
+    ap.add_argument("--prepare-only", action="store_true", help="fill the mailbox and stop "
+                    "(then measure with --keep when the machine is quiet)")
     a = ap.parse_args()
     out = B.results_dir("webmail")
     info = B.snapshot_src()
@@ -94,6 +97,8 @@ def main() -> int:
         B.note(f"imported in {time.monotonic() - t:.1f} s")
         mbox.unlink()
         marker.write_text("")
+    if a.prepare_only:
+        return 0
     port = B.free_port(a.port)
     server.serve({"http": port})
     base = f"http://{B.LOCALHOST}:{port}"
