@@ -12,16 +12,17 @@
 # machine with systemd the chrony package replaces systemd-timesyncd as the OS time service).
 # The DHCP tests run real clients in network namespaces (iproute2): isc-dhcp-client (dhclient),
 # udhcpc (busybox), dhcpcd-base, dhcping and nmap; bench/dhcp_perf.py needs perfdhcp
-# (kea-admin) and Kea itself (kea-dhcp4-server, started by the bench, never as a service).
+# (kea-admin) and Kea itself (kea-dhcp4-server, started by the bench, never as a service);
+# bench/dhcp6_perf.py the same with kea-dhcp6-server.
 # Also the build dependencies of Dovecot's imaptest, which tests/interop/imaptest_tool.py builds
 # from shared/tools/ into ~/.cache/netpost-tools (imaptest itself is not packaged in Debian).
 set -eu
 CLIENTS="knot postfix swaks libnet-ssleay-perl curl msmtp mutt neomutt isync offlineimap3 fetchmail getmail6 mpop openssl dovecot-core lftp openssh-client sshpass chrony ntpsec-ntpdig iproute2"
-DHCP="isc-dhcp-client udhcpc dhcpcd-base dhcping nmap kea-admin kea-dhcp4-server"
+DHCP="isc-dhcp-client udhcpc dhcpcd-base dhcping nmap kea-admin kea-dhcp4-server kea-dhcp6-server"
 IMAPTEST_BUILD="dovecot-dev build-essential autoconf automake libtool pkg-config libssl-dev zlib1g-dev"
 PACKAGES="$CLIENTS $DHCP $IMAPTEST_BUILD"
 TOOLS="knotd knotc postfix postconf smtp-sink swaks curl msmtp mutt neomutt mbsync offlineimap fetchmail getmail mpop openssl doveadm lftp sftp ssh-keygen sshpass chronyd chronyc ntpdig ip"
-TOOLS="$TOOLS dhclient udhcpc dhcpcd dhcping nmap perfdhcp kea-dhcp4"
+TOOLS="$TOOLS dhclient udhcpc dhcpcd dhcping nmap perfdhcp kea-dhcp4 kea-dhcp6"
 # The user agent's PGP interop tests (tests/agent): GnuPG and Sequoia's sq check what netpost
 # signs and encrypts and make what it must read; tmux drives the $EDITOR compose flow (vim).
 # The agent's Dovecot interop test runs bench/peer-bench/peers/dovecot.sh (IMAP and POP3).
@@ -53,6 +54,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     # The bench starts Kea with its own config; a system Kea must not serve any network.
     if command -v systemctl >/dev/null 2>&1; then
         systemctl disable --now kea-dhcp4-server >/dev/null 2>&1 || true
+        systemctl disable --now kea-dhcp6-server >/dev/null 2>&1 || true
     fi
 else
     echo "missing interop clients / imaptest build deps:$missing"
