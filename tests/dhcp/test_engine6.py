@@ -429,3 +429,13 @@ def test_ntp_auto_names_netpost_on_the_link() -> None:
     # netpost's NTP not reachable from the link: no option 56
     advertise = reply_of(e.handle(msg(MessageType.SOLICIT, 2), PEER, LINK, T0))
     assert advertise.option(Option.NTP_SERVER) is None
+
+
+def test_request_for_an_address_off_the_link_gets_not_on_link() -> None:
+    e = engine()
+    reply = reply_of(e.handle(msg(MessageType.REQUEST, 1, ia_na(1, "2001:db8:5::1")), PEER,
+                              LINK, T0))
+    (ia,) = ias(reply)
+    assert ia.addresses == [] and ia.status is not None
+    assert ia.status.code == Status.NOT_ON_LINK  # RFC 8415 18.3.2
+    assert e.bindings() == []

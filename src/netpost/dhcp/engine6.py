@@ -336,7 +336,8 @@ class DHCP6Engine:
 
     def _request(self, message: Message, subnet: Subnet6, link: Link6, relay: str,
                  now: float) -> tuple[Message, list[LeaseRecord6]]:
-        ias, leases, any_address = self._assign(message, subnet, relay, now, commit=True)
+        ias, leases, any_address = self._assign(message, subnet, relay, now, commit=True,
+                                                request=True)
         if not any_address and self._has_ia_na(message):
             self._exhausted(subnet, now)
         return self._reply(MessageType.REPLY, message, subnet, link, ias), leases
@@ -346,9 +347,12 @@ class DHCP6Engine:
         return message.has(Option.IA_NA)
 
     def _assign(self, message: Message, subnet: Subnet6, relay: str, now: float,
-                commit: bool) -> tuple[list[tuple[int, bytes]], list[LeaseRecord6], bool]:
+                commit: bool, request: bool = False
+                ) -> tuple[list[tuple[int, bytes]], list[LeaseRecord6], bool]:
         """An address for each IA_NA (held, or bound when `commit`); IA_TA and IA_PD get
-        their NoAddrsAvail / NoPrefixAvail (18.3.9, 18.3.10)."""
+        their NoAddrsAvail / NoPrefixAvail (18.3.9, 18.3.10).  In a REQUEST, an IA naming an
+        address not on this link gets NotOnLink (18.3.2); in a SOLICIT such a hint is only
+        ignored."""
         duid = message.client_id or b""
         hostname = self._hostname(message)
         out: list[tuple[int, bytes]] = []
@@ -358,6 +362,10 @@ class DHCP6Engine:
             if code == Option.IA_NA:
                 ia = IANA.decode(value)
                 hints = [int(a.address) for a in ia.addresses]
+                if request and not all(subnet.contains(a) for a in hints):
+                    out.append(self._ia_status(ia.iaid, Status.NOT_ON_LINK,
+                                               "address not on this link"))
+                    continue
                 address = self._choose(subnet, duid, ia.iaid, hints, now)
                 if address is None:
                     out.append(self._ia_status(ia.iaid, Status.NO_ADDRS_AVAIL,
