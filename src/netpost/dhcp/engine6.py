@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address
@@ -233,7 +234,7 @@ class DHCP6Engine:
         if kind is None or kind not in _SERVER_ID_RULE:
             self.stats.ignored += 1  # ADVERTISE, REPLY, RECONFIGURE are for clients
             return None
-        name = kind.name
+        name = _NAMES[kind]
         self.stats.received[name] = self.stats.received.get(name, 0) + 1
         if not self._valid(client_message, kind):
             self.stats.ignored += 1
@@ -361,7 +362,7 @@ class DHCP6Engine:
         for code, value in message.options:
             if code == Option.IA_NA:
                 ia = IANA.decode(value)
-                hints = [int(a.address) for a in ia.addresses]
+                hints = listed_addresses(ia)
                 if request and not all(subnet.contains(a) for a in hints):
                     out.append(self._ia_status(ia.iaid, Status.NOT_ON_LINK,
                                                "address not on this link"))
@@ -472,7 +473,7 @@ class DHCP6Engine:
         for code, value in message.options:
             if code == Option.IA_NA:
                 ia = IANA.decode(value)
-                listed = [int(a.address) for a in ia.addresses]
+                listed = listed_addresses(ia)
                 binding = self.by_ia.get((index, duid, ia.iaid))
                 if binding is not None and binding.state is BindingState.OFFERED:
                     binding = None
@@ -616,10 +617,12 @@ class DHCP6Engine:
 
     def _ia_na_many(self, iaid: int, subnet: Subnet6,
                     addresses: list[tuple[int, int, int]]) -> tuple[int, bytes]:
-        inner = tuple((Option.IAADDR, IAAddress(IPv6Address(a), preferred, valid).encode())
-                      for a, preferred, valid in addresses)
-        return Option.IA_NA, IANA(iaid, subnet.renewal_time, subnet.rebinding_time,
-                                  inner).encode()
+        """IA_NA (21.4) with an IAADDR (21.6) per (address, preferred, valid), packed at
+        once: every ADVERTISE and REPLY has one."""
+        value = _IA_NA_HEAD.pack(iaid, subnet.renewal_time, subnet.rebinding_time) + b"".join(
+            _IAADDR.pack(Option.IAADDR, 24, a.to_bytes(16, "big"), preferred, valid)
+            for a, preferred, valid in addresses)
+        return Option.IA_NA, value
 
     @staticmethod
     def _ia_status(iaid: int, status: Status, text: str) -> tuple[int, bytes]:
@@ -663,7 +666,8 @@ class DHCP6Engine:
                             binding.subnet.name, binding.hostname, binding.relay)
 
     def _count_sent(self, kind: MessageType) -> None:
-        self.stats.sent[kind.name] = self.stats.sent.get(kind.name, 0) + 1
+        name = _NAMES[kind]
+        self.stats.sent[name] = self.stats.sent.get(name, 0) + 1
 
     def _out(self, reply: Message | None, peer: str,
              relays: list[RelayMessage]) -> Outcome6 | None:
@@ -682,6 +686,22 @@ class DHCP6Engine:
             wrapped = RelayMessage(MessageType.RELAY_REPL, relay.hop_count, relay.link_address,
                                    relay.peer_address, tuple(options))
         return Outcome6(wrapped, (peer, p6.SERVER_PORT))
+
+
+_IA_NA_HEAD = struct.Struct("!III")  # IAID, T1, T2
+_IAADDR = struct.Struct("!HH16sII")  # option code and length, address, lifetimes
+_NAMES = {kind: kind.name for kind in MessageType}
+
+
+def listed_addresses(ia: IANA) -> list[int]:
+    """The addresses of an IA_NA's IAADDR options, as integers (decode checked the framing;
+    a short IAADDR is PacketError as in `IAAddress.decode`)."""
+    out = []
+    for value in p6.every(ia.options, Option.IAADDR):
+        if len(value) < 24:
+            raise PacketError("IAADDR is shorter than 24 octets")
+        out.append(int.from_bytes(value[:16], "big"))
+    return out
 
 
 def _nth(ranges: tuple[tuple[int, int], ...], offset: int) -> int:
