@@ -729,9 +729,10 @@ def cmd_leases(args: argparse.Namespace) -> int:
                 print("no active leases" + ("" if args.all else
                                            " ('netpost leases list --all' shows past ones)"))
                 return 0
+            width = max(16, *(len(x.address) for x in listed))  # v6 addresses are longer
             for x in listed:
                 client = x.hardware or describe_key(x.client)
-                print(f"{x.address:<16} {_lease_state(x, now):<9} {client:<18} "
+                print(f"{x.address:<{width}} {_lease_state(x, now):<9} {client:<18} "
                       f"until {_when(x.expires)}  {x.hostname}")
             return 0
         if args.address is None:
