@@ -344,3 +344,25 @@ def test_commands_pipelined_behind_compress(server: Server) -> None:
     c.inflate = zlib.decompressobj(-15)
     c.buf = c.inflate.decompress(c.buf)  # what came after the OK is compressed
     assert b"n OK" in c.read_until(b"NOOP completed\r\n")
+
+
+def test_every_session_learns_a_keyword_even_if_its_message_is_gone(
+        server: Server, box: tuple[imaplib.IMAP4_SSL, str]) -> None:
+    # RFC 9051 7.3.5: FLAGS lists the flags defined in the mailbox.  B must be told of $Gone
+    # although the only message that had it was expunged before B looked (imaptest's
+    # checkpoint compares every session's keyword list).
+    b, name = box
+    a = imaps(server)
+    assert a.select(name)[0] == "OK"
+    assert a.append(name, "", None, message("gone"))[0] == "OK"
+    assert a.store("1", "+FLAGS", "($Gone)")[0] == "OK"
+    assert a.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
+    assert a.expunge()[0] == "OK"
+    assert b.noop()[0] == "OK"
+    flags = b.response("FLAGS")[1]
+    assert flags and flags[-1] and b"$Gone" in flags[-1], flags
+    c = imaps(server)  # a session that selects later finds it in SELECT's FLAGS
+    c.select(name)
+    assert b"$Gone" in (c.response("FLAGS")[1][-1] or b"")
+    for m in (a, c):
+        m.logout()

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from netpost.net.stream import StreamListener
 
 log = logging.getLogger("netpost.imap")
+# Keywords a mailbox's list keeps at most; beyond, sessions still learn those they see set.
+MAX_DEFINED_KEYWORDS = 1000
 
 SEP = HIERARCHY_SEPARATOR
 FLUSH_AFTER = 4 * 1024 * 1024  # octets of queued responses before waiting for the socket
@@ -292,11 +294,20 @@ class IMAPSession(Session):
                 if i is not None:
                     lines.append(self._flags_fetch(view, i, with_uid=self.qresync))
             imap.untagged_many(lines)
+        # A keyword another session defined, on a message this one has not seen (or no more).
+        self._keywords_known(view, frozenset())
 
     def _keywords_known(self, view: View, flags: frozenset[str]) -> None:
         """Announce keywords the client has not seen in FLAGS yet (RFC 9051 7.3.5: FLAGS
-        lists every flag in use; clients refuse a keyword they were not told of)."""
-        new = [f for f in flags if not f.startswith("\\") and f not in view.known_keywords]
+        lists the flags defined in the mailbox; clients refuse a keyword they were not told
+        of).  Every session with the mailbox selected learns each keyword defined in it, also
+        one whose only message was expunged before this session saw it, so all of them
+        agree on the list."""
+        defined = self._defined_keywords(view)
+        if len(defined) < MAX_DEFINED_KEYWORDS:
+            defined.update(f for f in flags if not f.startswith("\\"))
+        new = [f for f in (defined | flags) if not f.startswith("\\")
+               and f not in view.known_keywords]
         if not new:
             return
         view.known_keywords.update(new)
@@ -305,6 +316,9 @@ class IMAPSession(Session):
         if not view.readonly:
             self.imap.untagged(f"OK [PERMANENTFLAGS ({flags_text} \\*)] Flags permitted"
                                .encode())
+
+    def _defined_keywords(self, view: View) -> set[str]:
+        return self.mailboxes.keywords.setdefault(view.mailbox_id, set())
 
     def _enable_condstore(self) -> None:
         """A CONDSTORE-enabling command (RFC 7162 3.1): from now on MODSEQ goes with every
@@ -406,7 +420,11 @@ class IMAPSession(Session):
         if self.qresync or "CONDSTORE" in self.imap.enabled:
             self.condstore = True
         imap = self.imap
-        keywords = view.keywords()
+        in_use = set(view.keywords())
+        defined = self._defined_keywords(view)
+        if len(defined) < MAX_DEFINED_KEYWORDS:
+            defined.update(in_use)
+        keywords = sorted(defined | in_use)
         view.known_keywords.update(keywords)
         flags = " ".join([*SYSTEM_FLAGS, *keywords])
         imap.untagged(b"%d EXISTS" % len(view))

@@ -40,6 +40,10 @@ class Mailboxes:
         self.blobs = blobs
         self.changes = changes
         self.target = target
+        # Keywords defined in each mailbox (mailbox id -> names), as this process has seen
+        # them set: IMAP's FLAGS response lists them for every session alike, also after the
+        # messages that had them are gone (as Dovecot keeps a mailbox's keyword list).
+        self.keywords: dict[int, set[str]] = {}
 
     async def append(self, mailbox: Mailbox, content: bytes, *,
                      flags: frozenset[str] = frozenset(),
