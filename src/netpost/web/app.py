@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -95,6 +97,14 @@ class NetpostMiddleware:
                 trace("S", f"{status} {sent} (cut short)")  # the client left, or stalled
 
 
+async def not_found(request: Request, exc: Exception) -> Response:
+    """What no route matched.  Under /api/ it is the API's JSON error, also for the paths
+    the API's mount cannot match (a %0A in a segment: Starlette's `.*` stops at a newline)."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": "no such API endpoint"}, status_code=404)
+    return PlainTextResponse("Not Found", status_code=404)
+
+
 def create_app(services: Services, *, send_timeout: float = 60.0,
                trace_of: TraceLookup | None = None,
                settings: WebConfig | None = None) -> Starlette:
@@ -118,6 +128,6 @@ def create_app(services: Services, *, send_timeout: float = 60.0,
     from netpost.web.ui import ui_routes
 
     routes += ui_routes()  # the browser UI at / (web/ui)
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={404: not_found})
     app.add_middleware(NetpostMiddleware, trace_of=trace_of, status_counts=status_counts)
     return app
