@@ -19,7 +19,7 @@ ALICE, BOB, ADMIN = "alice@example.test", "bob@example.test", "admin@example.tes
 @pytest.fixture(scope="module")
 def np(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNetpost]:
     accounts = {ALICE: "secret", BOB: "secret", ADMIN: "secret"}
-    config = f'[web]\nadmins = ["{ADMIN}"]\n[tls]\n'
+    config = f'[web]\nadmins = ["{ADMIN}"]\n'
     with start_netpost(tmp_path_factory.mktemp("ui-api"), listeners=("smtp", "http"),
                        accounts=accounts, config=config) as server:
         yield server
