@@ -311,7 +311,7 @@ function displayName(from) {
 function messageRow(m, threadCount) {
   const unread = !m.flags.includes("\\Seen");
   const flagged = m.flags.includes("\\Flagged");
-  const from = displayName(m.from);
+  const from = displayName(m.from) || "(no sender)";
   return h("li", {
     class: "row" + (unread ? " unread" : ""), role: "option", tabindex: "0", "data-uid": m.uid,
     "aria-selected": state.selected === m.uid ? "true" : "false",
