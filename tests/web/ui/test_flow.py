@@ -318,3 +318,24 @@ def test_the_ui_over_https(server: RunningNetpost, browser: Browser) -> None:
     cookie = next(c for c in context.cookies() if c["name"] == "netpost_session")
     assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     context.close()
+
+
+UNNAMED_CONTROLS = """() => [...document.querySelectorAll(
+    'input:not([type=hidden]), select, textarea, button, a[href]')]
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                  && !el.textContent.trim() && !el.getAttribute('title'))
+  .map((el) => el.outerHTML.slice(0, 80))"""
+
+
+def test_every_control_has_a_name(server: RunningNetpost, admin: Page) -> None:
+    """For screen readers and keyboard users: each field has a label, each button and link a
+    name; the landmarks are there."""
+    for view, ready in [("/#/mail", "#messages"), ("/#/compose", "#compose-to"),
+                        ("/#/files", "#upload-file"), ("/#/inspector", "#trace-listener"),
+                        ("/#/admin/users", "#user-address"), ("/#/admin/aliases", "#alias-source"),
+                        ("/#/admin/domains", "#domain-name"), ("/#/admin/queue", "table"),
+                        ("/#/admin/server", "#settings")]:
+        admin.goto(server.url(view))
+        expect(admin.locator(ready).first).to_be_visible()
+        assert admin.evaluate(UNNAMED_CONTROLS) == [], view
+    assert admin.locator("main").count() == 1 and admin.locator("header nav").count() == 1
