@@ -74,6 +74,17 @@ def test_admin_pages_show_domains_queue_leases_and_settings(server: RunningNetpo
     admin.get_by_role("row", name="school.test").get_by_role("button", name="DKIM record").click()
     expect(admin.locator("#dkim")).to_contain_text("_domainkey")
     shot(admin, "03-admin-domains")
+    admin.goto(server.url("/#/admin/aliases"))
+    admin.fill("#alias-source", "info@example.test")
+    admin.fill("#alias-target", "carol@example.test")  # made by the test before
+    admin.get_by_role("button", name="Add alias").click()
+    alias = admin.get_by_role("row", name="info@example.test")
+    expect(alias).to_contain_text("carol@example.test")
+    with smtplib.SMTP(*server.address("smtp")) as s:
+        s.sendmail("x@example.test", ["info@example.test"], b"Subject: via alias\r\n\r\nx\r\n")
+    server.wait_for_messages("carol@example.test", 1)  # the alias delivers to carol
+    alias.get_by_role("button", name="Remove").click()
+    expect(admin.get_by_text("No aliases.")).to_be_visible()
     admin.goto(server.url("/#/admin/queue"))
     expect(admin.get_by_role("button", name="Retry all now")).to_be_visible()
     admin.goto(server.url("/#/admin/leases"))
