@@ -132,3 +132,25 @@ def test_unmatchable_api_paths_answer_json(np: RunningNetpost) -> None:
             r = c.delete(path) if path.startswith("/tokens") else c.get(path)
             assert r.status_code == 404 and r.headers["content-type"] == "application/json"
             assert "error" in r.json()
+
+
+def test_drafts_are_kept_and_replaced(np: RunningNetpost) -> None:
+    with client(np, BOB) as c:
+        drafts = next(b["id"] for b in c.get("/mailboxes").json()["mailboxes"]
+                      if b["name"] == "Drafts")
+        first = c.post("/drafts", json={"subject": "wip", "text": "one"})
+        assert first.status_code == 201, first.text
+        raw = c.get(f"/mailboxes/{drafts}/messages/{first.json()['uid']}/raw").content
+        assert b"\r\nTo:" not in raw.split(b"\r\n\r\n", 1)[0]  # no recipient yet: no To
+        second = c.post("/drafts", json={"subject": "wip", "text": "two", "to": [ALICE],
+                                         "replaces": first.json()["uid"]}).json()
+        page = c.get(f"/mailboxes/{drafts}/messages").json()["messages"]
+        assert [m["uid"] for m in page] == [second["uid"]]
+        assert set(page[0]["flags"]) == {"\\Draft", "\\Seen"} and page[0]["to"] == ALICE
+        raw = c.get(f"/mailboxes/{drafts}/messages/{second['uid']}/raw").content
+        assert raw.split(b"\r\n\r\n", 1)[1].strip() == b"two"
+    draft = np.messages(BOB, "Drafts")
+    assert len(draft) == 1 and draft[0]["From"] == BOB
+    with client(np, ALICE) as c:  # nothing was sent
+        assert all(m["subject"] != "wip" for m in
+                   c.get(f"/mailboxes/{inbox(c)}/messages").json()["messages"])

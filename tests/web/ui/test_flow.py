@@ -350,3 +350,36 @@ def test_every_control_has_a_name(server: RunningNetpost, admin: Page) -> None:
         expect(admin.locator(ready).first).to_be_visible()
         assert admin.evaluate(UNNAMED_CONTROLS) == [], view
     assert admin.locator("main").count() == 1 and admin.locator("header nav").count() == 1
+
+
+def test_a_draft_is_saved_edited_and_sent(server: RunningNetpost, browser: Browser) -> None:
+    page = login(browser, server, "carol@example.test", "carol's password")
+    page.goto(server.url("/#/compose"))
+    page.fill("#compose-subject", "Half written")
+    page.fill("#compose-body", "first thoughts")
+    page.set_input_files("#compose-files", files=[
+        {"name": "plan.txt", "mimeType": "text/plain", "buffer": b"the plan\n"}])
+    page.get_by_role("button", name="Save draft").click()
+    expect(page.get_by_role("status")).to_contain_text("Draft saved in Drafts")
+    page.fill("#compose-body", "second thoughts")
+    page.get_by_role("button", name="Save draft").click()  # replaces the first
+    expect(page.get_by_role("status")).to_contain_text("Draft saved in Drafts")
+    page.goto(server.url("/#/mail"))
+    page.locator('#folders a[data-mailbox="Drafts"]').click()
+    drafts = page.locator("#messages li.row")
+    expect(drafts).to_have_count(1)
+    drafts.first.click()
+    expect(page.locator("pre.body")).to_contain_text("second thoughts")
+    page.get_by_role("button", name="Edit draft").click()
+    expect(page.locator("#compose-subject")).to_have_value("Half written")
+    expect(page.get_by_text("Attached: plan.txt")).to_be_visible()
+    page.fill("#compose-to", BOB)
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("status")).to_contain_text("Sent to bob@example.test")
+    page.locator('#folders a[data-mailbox="Drafts"]').click()
+    expect(page.get_by_text("No messages.")).to_be_visible()  # sent: the draft is gone
+    sent = server.wait_for_messages(BOB, 1)
+    last = [m for m in sent if m["Subject"] == "Half written"]
+    assert len(last) == 1 and "second thoughts" in last[0].get_body(("plain",)).get_content()
+    assert [a.get_filename() for a in last[0].iter_attachments()] == ["plan.txt"]
+    page.context.close()

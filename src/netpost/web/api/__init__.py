@@ -56,12 +56,13 @@ def build_api(services: Services, settings: WebConfig) -> tuple[Api, WebAuth]:
     # A message's attachments travel base64 in JSON: 4/3 of the message, and some room.
     api = Api(auth.authenticate, auth.check_csrf, max_body=max_message * 4 // 3 + (1 << 20))
     hostname = config.server.hostname if config is not None else "localhost"
+    mail = MailApi(services, max_message_size=max_message, hostname=hostname)
     parts = [
         auth.endpoints(),
         AdminApi(services, auth, base_url=settings.base_url).endpoints(),
-        MailApi(services, max_message_size=max_message, hostname=hostname).endpoints(),
+        mail.endpoints(),
         LiveApi(services).endpoints(),
-        UiApi(services).endpoints(),  # what the browser UI needs besides (web/ui)
+        UiApi(services, composer=mail).endpoints(),  # what the browser UI needs (web/ui)
     ]
     for endpoints in parts:
         for e in endpoints:

@@ -9,6 +9,8 @@
 - `GET /files?path=`, `GET /files/content?path=`, `PUT /files/content?path=` (the body is
   the file), `DELETE /files?path=`, `POST /files/folders`: the caller's own file tree, the
   one FTP and SFTP serve (files/tree.py confines every path to it).
+- `POST /drafts`: keep a message being written in Drafts (`\\Draft`), replacing the draft
+  saved before; sending it is `POST /send`, after which the UI deletes the draft.
 - `GET /server` (admin): the TLS certificate the listeners use and the settings, read-only.
 """
 
@@ -30,8 +32,8 @@ from netpost.files.tree import FileTree, NotAllowed, NotFound, QuotaExceeded, Tr
 from netpost.services import Services
 from netpost.store.interfaces import Mailbox
 from netpost.web.api.framework import ApiError, Call, Endpoint
-from netpost.web.api.mail import DOWNLOAD_HEADERS, summary
-from netpost.web.api.models import MessageSummary, Ok
+from netpost.web.api.mail import DOWNLOAD_HEADERS, MailApi, summary
+from netpost.web.api.models import Attachment, MessageSummary, Ok, SendRequest, Strict
 from netpost.web.sanitize import sanitise
 
 # The sanitised page: no script, no plugin, no form; inline style (the mail's own); images
@@ -70,6 +72,22 @@ class ThreadPage(BaseModel):
     total: int
     threads: list[Thread] = Field(description="newest activity first")
     next_before: int | None
+
+
+class DraftRequest(Strict):
+    to: list[str] = Field(default_factory=list, max_length=100)
+    cc: list[str] = Field(default_factory=list, max_length=100)
+    subject: str = Field("", max_length=998)
+    text: str = ""
+    in_reply_to: str | None = Field(None, max_length=998)
+    attachments: list[Attachment] = Field(default_factory=list, max_length=50)
+    replaces: int | None = Field(None, ge=1, description="UID in Drafts of the draft this one "
+                                 "replaces: deleted once this one is saved")
+
+
+class DraftSaved(BaseModel):
+    mailbox_id: int
+    uid: int
 
 
 class PathQuery(BaseModel):
@@ -193,8 +211,9 @@ def _plain(value: Any) -> Any:
 
 
 class UiApi:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, composer: MailApi) -> None:
         self.s = services
+        self.composer = composer  # builds messages as POST /send does
         self.catalogue = services.stores.mailboxes
         self.messages = services.stores.messages
 
@@ -209,6 +228,9 @@ class UiApi:
             Endpoint("GET", "/mailboxes/{mailbox_id}/threads", self.threads, "A page of "
                      "messages grouped into conversations", "mail", query=ThreadQuery,
                      response=ThreadPage, path_types=ids),
+            Endpoint("POST", "/drafts", self.save_draft, "Keep a message being written in "
+                     "Drafts (replacing the draft saved before)", "mail", body=DraftRequest,
+                     response=DraftSaved, status=201),
             Endpoint("GET", "/files", self.list_files, "A folder of your file tree", "files",
                      query=PathQuery, response=FileList),
             Endpoint("DELETE", "/files", self.delete_file, "Delete a file or an empty folder "
@@ -281,6 +303,30 @@ class UiApi:
                    for g in thread_messages(items)]
         return ThreadPage(mailbox=mailbox.name, total=self.messages.message_count(mailbox.id),
                           threads=threads, next_before=rows[-1].uid if more else None)
+
+    async def save_draft(self, call: Call) -> DraftSaved:
+        body: DraftRequest = call.body
+        drafts = self.catalogue.get_mailbox(call.user.account.id, "Drafts")
+        if drafts is None:
+            raise ApiError(409, "you have no Drafts mailbox")
+        as_sent = SendRequest.model_construct(
+            to=body.to, cc=body.cc, bcc=[], subject=body.subject, text=body.text, html=None,
+            in_reply_to=body.in_reply_to, attachments=body.attachments, save_sent=False)
+        try:  # (POST /send checks each address first; a draft's may still be half typed)
+            content, _ = await asyncio.to_thread(self.composer.compose, call.user.address,
+                                                 as_sent)
+        except (ValueError, TypeError, UnicodeError) as exc:
+            raise ApiError(422, f"cannot make a message of this: {exc}") from None
+        if not body.to:  # a draft may have no recipient yet: no empty To field
+            content = content.replace(b"\r\nTo:\r\n", b"\r\n", 1)
+        if len(content) > self.composer.max_message_size:
+            raise ApiError(413, f"the draft is larger than {self.composer.max_message_size} "
+                           "octets")
+        uid = await self.s.mailboxes.append(drafts, content,
+                                            flags=frozenset({"\\Draft", "\\Seen"}))
+        if body.replaces is not None and body.replaces != uid:
+            await self.s.mailboxes.expunge(drafts.id, [body.replaces])
+        return DraftSaved(mailbox_id=drafts.id, uid=uid)
 
     # --- files -----------------------------------------------------------------------------
 

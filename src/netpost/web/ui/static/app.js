@@ -370,7 +370,10 @@ async function readMessage(uid) {
       await loadList();
     } catch (err) { fail(err); }
   });
+  const isDraft = box.special_use === "\\Drafts" || box.name === "Drafts";
   const actions = h("div", { class: "toolbar" },
+    isDraft ? h("button", { type: "button", class: "primary", text: "Edit draft",
+      on: { click: () => go(`compose/draft/${box.id}/${uid}`) } }) : null,
     h("button", { type: "button", text: "Reply", on: { click: () => go(`compose/reply/${box.id}/${uid}`) } }),
     h("button", { type: "button", text: "Forward", on: { click: () => go(`compose/forward/${box.id}/${uid}`) } }),
     h("button", { type: "button", text: flagged ? "Unflag" : "Flag", "aria-pressed": flagged ? "true" : "false",
@@ -461,15 +464,20 @@ async function composeView() {
     return f ? f[1] : "";
   };
   const origText = original ? (original.parts.find((p) => p.content_type === "text/plain") || {}).text || "" : "";
-  const forwarded = mode === "forward" && original
+  const draft = mode === "draft" && original;
+  // A draft in Drafts: what will replace it when saved again, deleted once it is sent.
+  let draftUid = draft ? Number(uid) : null;
+  const draftBox = draft ? Number(boxId) : null;
+  const forwarded = (mode === "forward" || draft) && original
     ? original.parts.filter((p) => p.filename || p.disposition === "attachment") : [];
-  const to = h("input", { type: "text", id: "compose-to", value: mode === "reply" ? (header("reply-to") || original.from) : "" });
-  const cc = h("input", { type: "text", id: "compose-cc" });
+  const to = h("input", { type: "text", id: "compose-to", value: mode === "reply"
+    ? (header("reply-to") || original.from) : draft ? original.to : "" });
+  const cc = h("input", { type: "text", id: "compose-cc", value: draft ? original.cc : "" });
   const subjectPrefix = mode === "reply" ? "Re: " : mode === "forward" ? "Fwd: " : "";
   const origSubject = original ? original.subject.replace(/^\s*(re|fwd?)\s*:\s*/i, "") : "";
   const subject = h("input", { type: "text", id: "compose-subject",
-    value: original ? subjectPrefix + origSubject : "" });
-  let bodyText = "";
+    value: draft ? original.subject : original ? subjectPrefix + origSubject : "" });
+  let bodyText = draft ? origText : "";
   if (mode === "reply" && original) bodyText = `\n\nOn ${original.date}, ${original.from} wrote:\n${quote(origText)}`;
   if (mode === "forward" && original) {
     bodyText = `\n\n---------- Forwarded message ----------\nFrom: ${original.from}\nDate: ${original.date}\n` +
@@ -479,42 +487,68 @@ async function composeView() {
   body.value = bodyText;
   const files = h("input", { type: "file", id: "compose-files", multiple: true });
   const sendButton = h("button", { type: "submit", class: "primary", text: "Send" });
+  // The original's attachments, fetched now: a draft saved again replaces (deletes) the one
+  // they came from.
+  const carried = [];
+  for (const p of forwarded) {
+    const res = await fetch(`${API}/mailboxes/${boxId}/messages/${uid}/parts/${encodeURIComponent(p.part)}`,
+      { credentials: "same-origin" });
+    if (!res.ok) throw new Error(`cannot fetch ${p.filename}`);
+    carried.push({ filename: p.filename || `part-${p.part}`, content_type: p.content_type,
+      content_base64: await toBase64(await res.blob()) });
+  }
+  const inReplyTo = mode === "reply" ? header("message-id") : draft ? header("in-reply-to") : "";
+  async function gather() {
+    const attachments = [...carried];
+    for (const f of files.files) {
+      attachments.push({ filename: f.name, content_type: f.type || "application/octet-stream",
+        content_base64: await toBase64(f) });
+    }
+    return attachments;
+  }
+  const saveButton = h("button", { type: "button", text: "Save draft", id: "save-draft", on: { click: async () => {
+    saveButton.disabled = true;
+    try {
+      const request = { to: splitAddresses(to.value), cc: splitAddresses(cc.value),
+        subject: subject.value, text: body.value, attachments: await gather() };
+      if (inReplyTo) request.in_reply_to = inReplyTo;
+      if (draftUid) request.replaces = draftUid;
+      const r = await api("POST", "/drafts", request);
+      draftUid = r.uid;
+      say("Draft saved in Drafts");
+    } catch (err) { fail(err); }
+    saveButton.disabled = false;
+  } } });
   const form = h("form", { class: "card compose", on: { submit: async (ev) => {
     ev.preventDefault();
     sendButton.disabled = true;
     try {
-      const attachments = [];
-      for (const p of forwarded) {
-        const res = await fetch(`${API}/mailboxes/${boxId}/messages/${uid}/parts/${encodeURIComponent(p.part)}`,
-          { credentials: "same-origin" });
-        if (!res.ok) throw new Error(`cannot fetch ${p.filename}`);
-        attachments.push({ filename: p.filename || `part-${p.part}`, content_type: p.content_type,
-          content_base64: await toBase64(await res.blob()) });
-      }
-      for (const f of files.files) {
-        attachments.push({ filename: f.name, content_type: f.type || "application/octet-stream",
-          content_base64: await toBase64(f) });
-      }
+      const attachments = await gather();
       const request = { to: splitAddresses(to.value), cc: splitAddresses(cc.value),
         subject: subject.value, text: body.value, attachments };
-      if (mode === "reply" && header("message-id")) request.in_reply_to = header("message-id");
+      if (inReplyTo) request.in_reply_to = inReplyTo;
       const r = await api("POST", "/send", request);
       say(`Sent to ${r.recipients.join(", ")} (queue id ${r.queue_id})`);
       if (mode === "reply" && original) {
         await api("POST", `/mailboxes/${boxId}/messages/${uid}/flags`, { add: ["\\Answered"] }).catch(() => {});
       }
-      go(boxId ? `mail/${boxId}` : "mail");
+      if (draftUid) {  // sent: the draft has done its work
+        const drafts = draftBox || (state.mailboxes.find((m) => m.name === "Drafts") || {}).id;
+        if (drafts) await api("DELETE", `/mailboxes/${drafts}/messages/${draftUid}`).catch(() => {});
+      }
+      go(boxId && mode !== "draft" ? `mail/${boxId}` : "mail");
     } catch (err) { fail(err); sendButton.disabled = false; }
   } } },
-    h("h1", { text: mode === "reply" ? "Reply" : mode === "forward" ? "Forward" : "New message" }),
+    h("h1", { text: mode === "reply" ? "Reply" : mode === "forward" ? "Forward"
+      : draft ? "Draft" : "New message" }),
     h("label", { for: "compose-to", text: "To (commas between addresses)" }), to,
     h("label", { for: "compose-cc", text: "Cc" }), cc,
     h("label", { for: "compose-subject", text: "Subject" }), subject,
     h("label", { for: "compose-body", text: "Message" }), body,
-    forwarded.length ? h("p", { class: "muted", text: "Forwarding attachments: " +
+    forwarded.length ? h("p", { class: "muted", text: (draft ? "Attached: " : "Forwarding attachments: ") +
       forwarded.map((p) => p.filename || p.part).join(", ") }) : null,
     h("label", { for: "compose-files", text: "Attach files" }), files,
-    h("div", { class: "toolbar", style: null }, sendButton,
+    h("div", { class: "toolbar", style: null }, sendButton, saveButton,
       h("a", { class: "button", href: boxId ? `#/mail/${boxId}` : "#/mail", text: "Cancel" })));
   mount(form);
   (mode === "reply" ? body : to).focus();
