@@ -183,6 +183,9 @@ class Api:
                 return error_response(exc.status, exc.message, exc.headers)
             except StoreError as exc:
                 return error_response(400, str(exc))
+            except Exception:  # a bug: logged with its traceback, answered in JSON
+                log.exception("%s %s failed", request.method, request.url.path)
+                return error_response(500, "internal error (logged on the server)")
         return dispatch
 
     async def _call(self, endpoint: Endpoint, request: Request) -> Response:
