@@ -53,11 +53,16 @@ def test_admin_creates_a_user_who_can_log_in(browser: Browser, server: RunningNe
                                             admin: Page) -> None:
     admin.goto(server.url("/#/admin/users"))
     admin.fill("#user-address", "carol@example.test")
-    admin.fill("#user-password", "carol's password")
+    admin.fill("#user-password", "a first password")
     admin.get_by_role("button", name="Add user").click()
     expect(admin.locator('tr[data-address="carol@example.test"]')).to_be_visible()
     expect(admin.get_by_role("status")).to_contain_text("User added")
     shot(admin, "02-admin-users")
+    row = admin.locator('tr[data-address="carol@example.test"]')
+    row.get_by_role("button", name="Set password").click()
+    row.get_by_label("New password for carol@example.test").fill("carol's password")
+    row.get_by_role("button", name="Save password").click()
+    expect(admin.get_by_role("status")).to_contain_text("Password of carol@example.test changed")
     carol = login(browser, server, "carol@example.test", "carol's password")
     expect(carol.locator("#who")).to_have_text("carol@example.test")
     expect(carol.get_by_role("link", name="Admin")).to_have_count(0)  # not an administrator

@@ -747,11 +747,18 @@ async function adminView() {
       table(["Address", "Role", ""], accounts.map((a) => h("tr", { "data-address": a.address },
         h("td", { text: a.address }), h("td", { text: a.admin ? "administrator" : "user" }),
         h("td", { class: "toolbar" },
-          h("button", { type: "button", text: "Set password", on: { click: act(async () => {
-            const pw = prompt(`New password for ${a.address}`);
-            if (!pw) throw new Error("password unchanged");
-            await api("PUT", `/accounts/${encodeURIComponent(a.address)}/password`, { password: pw });
-          }, "Password changed") } }),
+          h("button", { type: "button", text: "Set password", on: { click: (ev) => {
+            // An inline form (a password field, not a prompt that shows what is typed).
+            const cell = ev.currentTarget.parentElement;
+            const pw = h("input", { type: "password", autocomplete: "new-password",
+              "aria-label": `New password for ${a.address}` });
+            cell.replaceChildren(h("form", { class: "inline", on: { submit: act(() =>
+              api("PUT", `/accounts/${encodeURIComponent(a.address)}/password`, { password: pw.value }),
+              `Password of ${a.address} changed`) } },
+              pw, h("button", { type: "submit", class: "primary", text: "Save password" }),
+              h("button", { type: "button", text: "Cancel", on: { click: () => reload() } })));
+            pw.focus();
+          } } }),
           h("button", { type: "button", class: "danger", text: "Delete", on: { click: act(async () => {
             if (!confirm(`Delete ${a.address} and all its mail?`)) throw new Error("kept");
             await api("DELETE", `/accounts/${encodeURIComponent(a.address)}`);
