@@ -350,7 +350,7 @@ def test_every_control_has_a_name(server: RunningNetpost, admin: Page) -> None:
                         ("/#/files", "#upload-file"), ("/#/inspector", "#trace-listener"),
                         ("/#/admin/users", "#user-address"), ("/#/admin/aliases", "#alias-source"),
                         ("/#/admin/domains", "#domain-name"), ("/#/admin/queue", "table"),
-                        ("/#/admin/server", "#settings")]:
+                        ("/#/admin/server", "#settings"), ("/#/account", "#token-name")]:
         admin.goto(server.url(view))
         expect(admin.locator(ready).first).to_be_visible()
         assert admin.evaluate(UNNAMED_CONTROLS) == [], view
@@ -387,4 +387,31 @@ def test_a_draft_is_saved_edited_and_sent(server: RunningNetpost, browser: Brows
     last = [m for m in sent if m["Subject"] == "Half written"]
     assert len(last) == 1 and "second thoughts" in last[0].get_body(("plain",)).get_content()
     assert [a.get_filename() for a in last[0].iter_attachments()] == ["plan.txt"]
+    page.context.close()
+
+
+def test_account_password_and_api_tokens(server: RunningNetpost, browser: Browser) -> None:
+    page = login(browser, server, "carol@example.test", "carol's password")
+    page.get_by_role("link", name="Account").click()
+    expect(page.get_by_role("heading", name="Your account")).to_be_visible()
+    page.fill("#current-password", "not it")
+    page.fill("#new-password", "carol's new password")
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("status")).to_contain_text("current password is wrong")
+    page.fill("#current-password", "carol's password")
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("status")).to_contain_text("Password changed")
+    with smtplib.SMTP(*server.address("submission")) as s:  # the same password everywhere
+        s.login("carol@example.test", "carol's new password")
+    page.fill("#token-name", "backup script")
+    page.get_by_role("button", name="Make a token").click()
+    token = page.locator("#new-token").inner_text()
+    shot(page, "14-account")
+    me = httpx.get(server.url("/api/v1/me"), headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200 and me.json()["address"] == "carol@example.test"
+    row = page.get_by_role("row", name="backup script")
+    row.get_by_role("button", name="Revoke").click()
+    expect(page.get_by_text("No tokens.")).to_be_visible()
+    me = httpx.get(server.url("/api/v1/me"), headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 401
     page.context.close()

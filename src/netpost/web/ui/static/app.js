@@ -142,6 +142,7 @@ async function started(me) {
   const nav = document.getElementById("nav");
   const links = [["mail", "Mail"], ["files", "Files"]];
   if (me.admin) links.push(["inspector", "Inspector"], ["admin", "Admin"]);
+  links.push(["account", "Account"]);
   nav.replaceChildren(...links.map(([path, label]) =>
     h("a", { href: "#/" + path, "data-section": path, text: label })));
   openEvents();
@@ -170,6 +171,7 @@ async function render() {
     if (section === "mail") await mailView();
     else if (section === "compose") await composeView();
     else if (section === "files") await filesView();
+    else if (section === "account") await accountView();
     else if (section === "inspector" && state.me.admin) await inspectorView();
     else if (section === "admin" && state.me.admin) await adminView();
     else go("mail");
@@ -695,6 +697,56 @@ async function inspectorView() {
     lines,
     h("details", {}, h("summary", { text: `Open sessions (${live.sessions.length})` }), sessions)));
   if (traces.enabled) watch(kind === "session" ? { session: name } : kind === "listener" ? { listener: name } : {});
+}
+
+// ---- account --------------------------------------------------------------------------------
+
+async function accountView() {
+  const [account, { tokens }] = await Promise.all([
+    api("GET", `/accounts/${encodeURIComponent(state.me.address)}`), api("GET", "/tokens")]);
+  const current = h("input", { id: "current-password", type: "password", autocomplete: "current-password" });
+  const fresh = h("input", { id: "new-password", type: "password", autocomplete: "new-password" });
+  const tokenName = h("input", { id: "token-name", type: "text", placeholder: "scripts" });
+  const created = h("div", { id: "token-created" });
+  const usage = `${octets(account.usage || 0)} in ${account.messages || 0} messages` +
+    (account.quota ? ` of ${octets(account.quota)}` : "");
+  mount(h("div", {},
+    h("h1", { text: "Your account" }),
+    h("p", { class: "muted", text: `${account.address}: ${usage}.` }),
+    h("h2", { text: "Password" }),
+    h("form", { class: "inline", on: { submit: async (ev) => {
+      ev.preventDefault();
+      try {
+        await api("PUT", `/accounts/${encodeURIComponent(state.me.address)}/password`,
+          { password: fresh.value, current_password: current.value });
+        current.value = ""; fresh.value = "";
+        say("Password changed (for mail, files and this page alike)");
+      } catch (err) { fail(err); }
+    } } },
+      h("div", {}, h("label", { for: "current-password", text: "Current password" }), current),
+      h("div", {}, h("label", { for: "new-password", text: "New password" }), fresh),
+      h("button", { type: "submit", class: "primary", text: "Change password" })),
+    h("h2", { text: "API tokens" }),
+    h("p", { class: "muted", text: "For programs: send 'Authorization: Bearer <token>' to /api/v1 (see /api/v1/docs)." }),
+    h("form", { class: "inline", on: { submit: async (ev) => {
+      ev.preventDefault();
+      try {
+        const t = await api("POST", "/tokens", { name: tokenName.value });
+        await accountView();
+        document.getElementById("token-created").replaceChildren(h("div", { class: "notice", role: "note" },
+          h("span", { text: "Copy it now, it is not shown again: " }),
+          h("code", { class: "mono", id: "new-token", text: t.token })));
+      } catch (err) { fail(err); }
+    } } },
+      h("div", {}, h("label", { for: "token-name", text: "Name" }), tokenName),
+      h("button", { type: "submit", text: "Make a token" })),
+    created,
+    table(["Name", "Id", "Made", "Expires", ""], tokens.map((t) => h("tr", { "data-token": t.id },
+      h("td", { text: t.name || "(no name)" }), h("td", { class: "mono", text: t.id }),
+      h("td", { text: when(t.created) }), h("td", { text: t.expires ? when(t.expires) : "never" }),
+      h("td", {}, h("button", { type: "button", class: "danger", text: "Revoke", on: { click: async () => {
+        try { await api("DELETE", `/tokens/${t.id}`); say("Token revoked"); await accountView(); } catch (err) { fail(err); }
+      } } })))), "No tokens.")));
 }
 
 // ---- admin ----------------------------------------------------------------------------------
