@@ -6,7 +6,8 @@ waited for, so that none is still "tentative" when the first SOLICIT goes.  dhcl
 address, renews it at T1 and releases it, and so does dhcpcd -6 (also with Rapid Commit); a
 restart (even kill -9) keeps the binding; an exhausted pool gives no address twice; an
 administrator's release reaches the running server; perfdhcp -6 runs full SOLICIT/ADVERTISE/
-REQUEST/REPLY exchanges.  The clients come from scripts/install-test-deps.sh (isc-dhcp-client,
+REQUEST/REPLY exchanges; a REQUEST sent unicast gets UseMulticast (a plain socket, as no
+packaged client unicasts without being offered UNICAST).  The clients come from scripts/install-test-deps.sh (isc-dhcp-client,
 dhcpcd-base, kea-admin), as for the v4 tests.
 """
 
@@ -16,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -302,4 +304,41 @@ def test_administrator_release_reaches_the_running_server(net: NamespacePair,
         assert "C: REQUEST" in trace(server).split("status=NO_BINDING", 1)[1]
     finally:
         dhclient6(net, tmp_path, "-x")
+        server.stop()
+
+
+UNICAST_CLIENT = r'''
+import socket, struct, sys
+from netpost.dhcp import packet6 as p6
+iface, server_duid = sys.argv[1], bytes.fromhex(sys.argv[2])
+sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+sock.bind(("::", 546))
+sock.settimeout(5)
+client = p6.duid_ll(1, bytes.fromhex("020000000077"))
+ia = (p6.Option.IA_NA, p6.IANA(1, 0, 0).encode())
+for n, target in enumerate([("2001:db8:99::1", 547), ("ff02::1:2%" + iface, 547)]):
+    request = p6.Message(p6.MessageType.REQUEST, 0x100 + n, (
+        (p6.Option.CLIENTID, client), (p6.Option.SERVERID, server_duid), ia))
+    sock.sendto(p6.encode(request), target)
+    print(p6.summary(sock.recvfrom(2048)[0]))
+'''
+
+
+def test_unicast_request_answered_use_multicast(net: NamespacePair, tmp_path: Path) -> None:
+    """RFC 8415 18.4: a REQUEST sent to the server's own address (not ff02::1:2) is answered
+    UseMulticast; the same REQUEST to the group gets its address.  The socket's IPV6_PKTINFO
+    is what tells the two apart."""
+    server = serve(net, tmp_path)
+    try:
+        net.client("ip", "-6", "addr", "add", "2001:db8:99::2/64", "dev", net.client_if,
+                   "nodad")
+        duid = (server.data / "dhcp6" / "server-duid").read_text().strip()
+        run = net.client(sys.executable, "-c", UNICAST_CLIENT, net.client_if, duid,
+                         timeout=30)
+        assert run.returncode == 0, run.stderr
+        unicast, multicast = run.stdout.splitlines()
+        assert unicast.startswith("REPLY xid=0x000100") and "status=USE_MULTICAST" in unicast
+        assert multicast.startswith("REPLY xid=0x000101") and "addr=2001:db8:99::1" in multicast
+    finally:
         server.stop()
