@@ -115,6 +115,7 @@ class IMAPConnection:
         self._out: list[bytes] = []
         self._pending: Event | None = None
         self._errors = 0
+        self.error_replies: dict[str, int] = {}  # NO / BAD answered since last taken
         self._awaiting_tls = False
         self._sasl: tuple[str, str, list[bytes]] | None = None  # (tag, mechanism, responses)
         self._idle_tag: str | None = None
@@ -189,6 +190,8 @@ class IMAPConnection:
 
     def _tagged(self, tag: str, status: str, text: str) -> None:
         line = f"{tag} {status} {text}"
+        if status != "OK":  # NO and BAD, counted for /metrics (net/session.py takes them)
+            self.error_replies[status] = self.error_replies.get(status, 0) + 1
         if self._trace is not None:
             self._trace("S", line)
         self._out.append(line.encode("utf-8", "replace") + b"\r\n")

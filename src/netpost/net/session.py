@@ -196,6 +196,13 @@ class Session(ABC):
                 await self.handle(event)
         finally:
             self.busy = False
+            # Engines that count their own error replies (IMAP NO/BAD, POP3 -ERR).
+            counted: dict[str, int] | None = getattr(conn, "error_replies", None)
+            if counted:
+                errors = self.listener.error_replies
+                for key, n in counted.items():
+                    errors[key] = errors.get(key, 0) + n
+                counted.clear()
         return handled
 
     async def flush(self) -> None:

@@ -145,6 +145,7 @@ class POP3Connection:
         self._pending: Event | None = None
         self._part_end = b"\n"  # last octet of the previous message part (begin_message)
         self._errors = 0
+        self.error_replies: dict[str, int] = {}  # -ERR answered since last taken
         self._user: str | None = None  # USER given, PASS expected
         self._sasl: SASLExchange | None = None
         self._maildrop: tuple[MaildropEntry, ...] = ()
@@ -155,6 +156,8 @@ class POP3Connection:
     # ------------------------------------------------------------------ output
 
     def _send(self, line: str) -> None:
+        if line.startswith("-ERR"):  # counted for /metrics (net/session.py takes them)
+            self.error_replies["-ERR"] = self.error_replies.get("-ERR", 0) + 1
         if self._trace is not None:
             self._trace("S", line)
         self._out.append(line.encode("utf-8", "replace") + _CRLF)

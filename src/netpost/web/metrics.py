@@ -67,8 +67,9 @@ class NetpostCollector(Collector):
                                        labels=["listener", "protocol"])
         commands = CounterMetricFamily("netpost_commands", "commands (engine events) handled",
                                        labels=["listener", "command"])
-        errors = CounterMetricFamily("netpost_error_replies", "4xx and 5xx replies sent "
-                                     "(SMTP, submission, FTP)", labels=["listener", "code"])
+        errors = CounterMetricFamily("netpost_error_replies", "error replies sent: 4xx and "
+                                     "5xx (SMTP, submission, FTP), NO and BAD (IMAP), -ERR "
+                                     "(POP3)", labels=["listener", "code"])
         datagrams = CounterMetricFamily("netpost_datagrams", "UDP datagrams by outcome",
                                         labels=["listener", "outcome"])
         for lst in runtime.listeners:

@@ -4,6 +4,7 @@ live views (sessions, trace stream) and /metrics."""
 from __future__ import annotations
 
 import smtplib
+import socket
 import threading
 import time
 from pathlib import Path
@@ -162,8 +163,17 @@ def test_metrics_need_an_admin_token_by_default(api: Api) -> None:
             s.rcpt("nobody@" + DOMAIN)
         except smtplib.SMTPException:
             pass
+    for listener, command, answer in (("imap", b"a1 BOGUS\r\n", b"a1 BAD"),
+                                      ("pop3", b"STAT\r\n", b"-ERR")):  # not logged in
+        with socket.create_connection(("127.0.0.1", api.server.port(listener)), 30) as sock:
+            f = sock.makefile("rb")
+            f.readline()  # the greeting
+            sock.sendall(command)
+            assert f.readline().startswith(answer)
     r = httpx.get(url, headers={"Authorization": f"Bearer {api.tokens[ADMIN]}"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert 'netpost_error_replies_total{code="BAD",listener="imap"}' in r.text
+    assert 'netpost_error_replies_total{code="-ERR",listener="pop3"}' in r.text
     text = r.text
     for needle in ('netpost_connections{listener="smtp",protocol="smtp"}',
                    'netpost_commands_total{command="MailFrom",listener="smtp"}',
