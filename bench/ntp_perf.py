@@ -147,6 +147,17 @@ def start_chronyd(out: Path) -> Server:
                   out / "chronyd.log", None)
 
 
+def answered(lines: list[str], interval: float) -> float:
+    """Requests answered in time over a run (rate x interval x the share not lost or late)."""
+    total = 0.0
+    for line in lines:
+        m = LINE.match(line)
+        if m:
+            lost, invalid = float(m.group(3)), float(m.group(4))
+            total += int(m.group(1)) * interval * max(0.0, 1 - (lost + invalid) / 100)
+    return total
+
+
 def run_ntpperf(binary: Path, mac: str, args: argparse.Namespace, log: Path
                 ) -> tuple[int, list[str]]:
     """ntpperf until two rates in a row lose 20 % or more (one such rate can be a moment when
@@ -214,7 +225,7 @@ def main() -> int:
     mac = namespaces_up()
     bl.note(f"namespaces up; server MAC {mac}; results in {out}")
     results: dict[str, list[int]] = {"netpost": [], "chronyd": []}
-    cpu: dict[str, list[float]] = {"netpost": [], "chronyd": []}
+    cpu: dict[str, list[float]] = {"netpost": [], "chronyd": []}  # µs per answer
     names = [args.only] if args.only else ["netpost", "chronyd"]
     for run in range(args.runs):
         for name in names:
@@ -227,7 +238,9 @@ def main() -> int:
                 used = server.cpu() - before
                 server.stop()
             results[name].append(best)
-            cpu[name].append(used)
+            done = answered(lines, args.interval)
+            if done > 10_000:
+                cpu[name].append(used / done * 1e6)
             bl.note(f"run {run + 1} {name}: {best:,} requests/s at < 1 % loss "
                     f"(server CPU {used:.1f} s, load average before {load:.2f})")
             bl.append_jsonl(out / "runs.jsonl", {"run": run + 1, "server": name,
@@ -244,9 +257,11 @@ def main() -> int:
     print(f"- rate step x{args.step} every {args.interval} s from {args.start}/s; "
           f"ntpperf senders: {args.senders}{' (-l: late sends allowed)' if args.late else ''}; "
           f"runs: {args.runs}; nice: {args.nice}\n")
-    rows = [["server", "requests/s at < 1 % loss: median [min–max]", "runs"]]
+    rows = [["server", "requests/s at < 1 % loss: median [min–max]",
+             "server CPU µs per answer", "runs"]]
     for name in names:
-        rows.append([name, bl.mmm(results[name]), str(len(results[name]))])
+        rows.append([name, bl.mmm(results[name]), bl.mmm(cpu[name], "{:.1f}"),
+                     str(len(results[name]))])
     print(bl.table(rows))
     if not args.only:
         line, ok = bl.ratio_line("netpost / chronyd", bl.median(results["netpost"]),
