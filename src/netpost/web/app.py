@@ -31,13 +31,17 @@ DEFAULT_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 
+API_SHARES = "/api/v1/shares/"  # DELETE /api/v1/shares/<token>: a share token too
+
+
 def shorten(path: str) -> str:
     """A request path for the trace: a share token cut to its first 6 characters."""
-    if path.startswith(PREFIX):
-        token, sep, rest = path[len(PREFIX):].partition("/")
-        if len(token) > 8:
-            token = token[:6] + "…"
-        return PREFIX + token + sep + rest
+    for prefix in (PREFIX, API_SHARES):
+        if path.startswith(prefix):
+            token, sep, rest = path[len(prefix):].partition("/")
+            if len(token) > 8:
+                token = token[:6] + "…"
+            return prefix + token + sep + rest
     return path
 
 

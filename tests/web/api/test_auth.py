@@ -140,6 +140,11 @@ def test_idor_shares_and_tokens(api: Api) -> None:
                       ).status_code == 403
         assert c.delete(f"/tokens/{created['id']}").status_code == 404
     assert httpx.get(share["url"]).text == "alice's notes"
+    with api.client(ALICE) as c:  # removing it over a new connection: traced, token cut
+        assert c.delete(f"/shares/{share['token']}").status_code == 200
+    trace = (api.server.data / "trace.log").read_text()
+    assert f"DELETE /api/v1/shares/{share['token'][:6]}…" in trace
+    assert share["token"] not in trace
 
 
 @pytest.mark.parametrize("path", ["../../../etc/passwd", "/../bob@example.test/x",
