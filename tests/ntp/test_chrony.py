@@ -115,6 +115,7 @@ def test_ntpdig_on_port_123_in_a_namespace(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.fail("this test makes a network namespace: run it as root (CI does)")
     namespace = f"np-ntpdig-{os.getpid()}"
+    subprocess.run(["ip", "netns", "del", namespace], check=False, capture_output=True)
     subprocess.run(["ip", "netns", "add", namespace], check=True)
     proc = None
     try:
