@@ -7,8 +7,8 @@ address, renews it at T1 and releases it, and so does dhcpcd -6 (also with Rapid
 restart (even kill -9) keeps the binding; an exhausted pool gives no address twice; an
 administrator's release reaches the running server; perfdhcp -6 runs full SOLICIT/ADVERTISE/
 REQUEST/REPLY exchanges; a REQUEST sent unicast gets UseMulticast (a plain socket, as no
-packaged client unicasts without being offered UNICAST).  The clients come from scripts/install-test-deps.sh (isc-dhcp-client,
-dhcpcd-base, kea-admin), as for the v4 tests.
+packaged client unicasts without being offered UNICAST).  The clients come from
+scripts/install-test-deps.sh (isc-dhcp-client, dhcpcd-base, kea-admin), as for the v4 tests.
 """
 
 from __future__ import annotations
