@@ -51,7 +51,8 @@ def build_api(services: Services, settings: WebConfig) -> tuple[Api, WebAuth]:
     stores = services.stores
     auth = WebAuth(stores.accounts, stores.tokens, services.auth,
                    admins=frozenset(normalize_address(a) for a in settings.admins),
-                   session_lifetime=settings.session_lifetime)
+                   session_lifetime=settings.session_lifetime,
+                   allow_plaintext=config.auth.allow_plaintext if config is not None else False)
     max_message = config.limits.max_message_size if config is not None else 50 << 20
     # A message's attachments travel base64 in JSON: 4/3 of the message, and some room.
     api = Api(auth.authenticate, auth.check_csrf, max_body=max_message * 4 // 3 + (1 << 20))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
 from dataclasses import dataclass
@@ -95,6 +96,16 @@ def token_info(t: Token) -> TokenInfo:
                      expires=t.expires)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def peer_of(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -103,8 +114,10 @@ class WebAuth:
     """Authentication of API requests, and the login, logout and token endpoints."""
 
     def __init__(self, accounts: Accounts, tokens: Tokens, authenticator: Authenticator, *,
-                 admins: frozenset[str], session_lifetime: float) -> None:
+                 admins: frozenset[str], session_lifetime: float,
+                 allow_plaintext: bool = False) -> None:
         self.accounts = accounts
+        self.allow_plaintext = allow_plaintext
         self.tokens = tokens
         self.authenticator = authenticator
         self.throttle = authenticator.throttle
@@ -187,6 +200,12 @@ class WebAuth:
         body: LoginRequest = call.body
         request = call.request
         same_origin(request)  # login CSRF: another site may not log a browser in
+        if request.url.scheme != "https" and not self.allow_plaintext \
+                and not _loopback(peer_of(request)):
+            # Safe by default, as the mail listeners: no password in clear over a network.
+            # A browser on the same machine (http://localhost) never puts it on one.
+            raise ApiError(403, "log in over https: a password is not taken over plain HTTP "
+                                "from another host ([auth] allow_plaintext = true allows it)")
         account = await self.authenticator.login(
             Credentials("web", normalize_address(body.address), body.password),
             peer_of(request), "web")
