@@ -604,12 +604,11 @@ def share_url(args: argparse.Namespace, token: str) -> str:
 
 def cmd_share(args: argparse.Namespace) -> int:
     """Files and folders published over HTTP at unguessable URLs (the http listener)."""
-    import secrets
     import time
 
     from netpost.files.tree import FileTree, NotFound, TreeError
     from netpost.files.trees import account_dir
-    from netpost.web.shares import TOKEN_BYTES
+    from netpost.web.shares import new_token as new_share_token
 
     with _store(args) as stores:
         shares = stores.shares
@@ -654,7 +653,7 @@ def cmd_share(args: argparse.Namespace) -> int:
         except TreeError as exc:
             raise CLIError(f"cannot share {args.path} of {address}: {exc}") from None
         expires = time.time() + args.expires * 86400 if args.expires is not None else None
-        share = shares.add_share(secrets.token_urlsafe(TOKEN_BYTES), address, vpath, expires)
+        share = shares.add_share(new_share_token(), address, vpath, expires)
         print(share_url(args, share.token))
         print(f"shares {vpath} of {address}"
               + (f" until {_when(expires)}" if expires is not None else " until removed"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import stat as stat_mod
 import time
 from collections.abc import Callable
@@ -32,6 +33,15 @@ from netpost.web.listing import LISTING_HEADERS, render_listing
 
 PREFIX = "/s/"
 TOKEN_BYTES = 24  # secrets.token_urlsafe(24): 192 random bits, 32 characters
+
+
+def new_token() -> str:
+    """A share's token: 192 random bits in 32 URL-safe characters, never starting with "-"
+    (a token given to `netpost share remove` would read as an option)."""
+    while True:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        if not token.startswith("-"):
+            return token
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(

@@ -9,7 +9,6 @@ not exist (IDOR: a user cannot even learn which addresses exist).
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from netpost.web.api.models import (
     ShareList,
 )
 from netpost.web.shares import PREFIX as SHARE_PREFIX
-from netpost.web.shares import TOKEN_BYTES
+from netpost.web.shares import new_token as new_share_token
 
 
 class AliasQuery(BaseModel):
@@ -389,7 +388,7 @@ class AdminApi:
 
         vpath = await asyncio.to_thread(find)
         expires = time.time() + body.days * 86400 if body.days is not None else None
-        share = self.stores.shares.add_share(secrets.token_urlsafe(TOKEN_BYTES), address, vpath,
+        share = self.stores.shares.add_share(new_share_token(), address, vpath,
                                              expires)
         return self._share_info(call, share)
 
