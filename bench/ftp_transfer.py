@@ -398,7 +398,28 @@ class NetpostFTP(B.NetpostServer):
         return self.cpu()
 
 
-class Pyftpdlib:
+class _Peer:
+    """A peer FTP server run as its own process group; `log` takes its output."""
+
+    proc: subprocess.Popen | None = None
+    log: Path
+
+    def _launch(self, argv: list[str], name: str, port: int) -> None:
+        self.proc = subprocess.Popen(argv, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        B.on_exit(self.stop)
+        _wait_listen(port, self.proc, name, self.log)
+
+    def cpu_total(self) -> float:
+        assert self.proc is not None
+        return B.tree_cpu_s(self.proc.pid)
+
+    def stop(self) -> None:
+        _stop_group(self.proc)
+        self.proc = None
+
+
+class Pyftpdlib(_Peer):
     def __init__(self, port: int, tls: bool, key: Path, cert: Path) -> None:
         self.port, self.tls, self.key, self.cert = port, tls, key, cert
         self.root = B.BENCH_ROOT / "ftp" / "pyftpdlib-root"
@@ -411,24 +432,12 @@ class Pyftpdlib:
         B.require_free(self.port)
         extra = ["--tls", "--keyfile", str(self.key), "--certfile", str(self.cert)] \
             if self.tls else []
-        self.proc = subprocess.Popen(
-            [str(TOOLS_VENV / "bin" / "python"), "-m", "pyftpdlib", "-i", B.LOCALHOST,
-             "-p", str(self.port), "-w", "-d", str(self.root), "-u", USER, "-P", PASSWORD,
-             *extra], stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
-        B.on_exit(self.stop)
-        _wait_listen(self.port, self.proc, "pyftpdlib", self.log)
-
-    def cpu_total(self) -> float:
-        assert self.proc is not None
-        return B.tree_cpu_s(self.proc.pid)
-
-    def stop(self) -> None:
-        _stop_group(self.proc)
-        self.proc = None
+        self._launch([str(TOOLS_VENV / "bin" / "python"), "-m", "pyftpdlib", "-i", B.LOCALHOST,
+                      "-p", str(self.port), "-w", "-d", str(self.root), "-u", USER,
+                      "-P", PASSWORD, *extra], "pyftpdlib", self.port)
 
 
-class Vsftpd:
+class Vsftpd(_Peer):
     def __init__(self, port: int, tls: bool, key: Path, cert: Path) -> None:
         self.port, self.tls, self.key, self.cert = port, tls, key, cert
         self.dir = B.BENCH_ROOT / "vsftpd-bench"
@@ -463,19 +472,7 @@ class Vsftpd:
                      "strict_ssl_read_eof=NO"]
         (self.dir / "vsftpd.conf").write_text("\n".join(conf) + "\n")
         B.require_free(self.port)
-        self.proc = subprocess.Popen(["vsftpd", str(self.dir / "vsftpd.conf")],
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        B.on_exit(self.stop)
-        _wait_listen(self.port, self.proc, "vsftpd", self.log)
-
-    def cpu_total(self) -> float:
-        assert self.proc is not None
-        return B.tree_cpu_s(self.proc.pid)
-
-    def stop(self) -> None:
-        _stop_group(self.proc)
-        self.proc = None
+        self._launch(["vsftpd", str(self.dir / "vsftpd.conf")], "vsftpd", self.port)
 
 
 # --- one run ----------------------------------------------------------------------------------
