@@ -46,7 +46,7 @@ from netpost.store.interfaces import (
     MessageSummary,
     StoreError,
 )
-from netpost.store.sqlitedb import DURABLE, ThreadConnections
+from netpost.store.sqlitedb import DURABLE, ThreadConnections, account_id_of
 from netpost.store.sqlleases import SCHEMA_V6
 from netpost.store.sqlqueue import SCHEMA_V4, insert_outbound
 from netpost.store.sqlshares import SCHEMA_V5
@@ -338,19 +338,16 @@ class SQLiteStore:
         """Remove the account, its mailboxes and messages (their blobs lose a reference)."""
         a = names.normalize_address(address)
         with self._write() as conn:
-            row = conn.execute("SELECT id FROM accounts WHERE address = ?", (a,)).fetchone()
-            if row is None:
-                raise StoreError(f"no such user {a}")
-            account_id = row[0]
+            owner = account_id_of(conn, a)
             conn.execute(
                 """UPDATE blobs SET refcount = refcount - d.n
                    FROM (SELECT m.sha256 AS sha256, count(*) AS n
                          FROM messages m JOIN mailboxes x ON x.id = m.mailbox_id
                          WHERE x.account_id = ? GROUP BY m.sha256) AS d
                    WHERE blobs.sha256 = d.sha256""",
-                (account_id,),
+                (owner,),
             )
-            conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))  # cascades
+            conn.execute("DELETE FROM accounts WHERE id = ?", (owner,))  # cascades
 
     def list_accounts(self) -> list[Account]:
         rows = self._conn().execute(

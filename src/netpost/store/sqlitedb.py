@@ -79,3 +79,11 @@ class ThreadConnections:
         for conn in connections:
             conn.close()
         self._local = threading.local()
+
+
+def account_id_of(conn: sqlite3.Connection, address: str) -> int:
+    """The accounts row of a normalized address, or StoreError naming the user."""
+    row = conn.execute("SELECT id FROM accounts WHERE address = ?", (address,)).fetchone()
+    if row is None:
+        raise StoreError(f"no such user {address}")
+    return int(row[0])

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from netpost.mail import address as names
 from netpost.store.interfaces import Share, StoreError
+from netpost.store.sqlitedb import account_id_of
 
 if TYPE_CHECKING:
     from netpost.store.sqlite import SQLiteStore
@@ -54,12 +55,10 @@ class SQLiteShares:
         a = names.normalize_address(address)
         created = time.time()
         with self._store._db.write() as conn:
-            row = conn.execute("SELECT id FROM accounts WHERE address = ?", (a,)).fetchone()
-            if row is None:
-                raise StoreError(f"no such user {a}")
+            owner = account_id_of(conn, a)
             try:
                 conn.execute("INSERT INTO shares (token, account_id, path, created, expires) "
-                             "VALUES (?, ?, ?, ?, ?)", (token, row[0], path, created, expires))
+                             "VALUES (?, ?, ?, ?, ?)", (token, owner, path, created, expires))
             except sqlite3.IntegrityError:
                 raise StoreError("that share token is already in use") from None
         return Share(token, a, path, created, expires)

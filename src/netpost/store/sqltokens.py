@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from netpost.mail import address as names
 from netpost.store.interfaces import StoreError, Token, TokenKind
+from netpost.store.sqlitedb import account_id_of
 
 if TYPE_CHECKING:
     from netpost.store.sqlite import SQLiteStore
@@ -61,14 +62,12 @@ class SQLiteTokens:
         a = names.normalize_address(address)
         created = time.time()
         with self._store._db.write() as conn:
-            row = conn.execute("SELECT id FROM accounts WHERE address = ?", (a,)).fetchone()
-            if row is None:
-                raise StoreError(f"no such user {a}")
+            owner = account_id_of(conn, a)
             try:
                 conn.execute(
                     "INSERT INTO tokens (id, account_id, kind, name, secret_sha256, created, "
                     "expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (token_id, row[0], kind, name, secret_sha256, created, expires))
+                    (token_id, owner, kind, name, secret_sha256, created, expires))
             except sqlite3.IntegrityError:
                 raise StoreError("that token id is already in use") from None
         return Token(token_id, a, kind, name, secret_sha256, created, expires)
