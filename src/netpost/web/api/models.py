@@ -277,10 +277,13 @@ class MessageSummary(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
-class MessagePage(BaseModel):
+class MessageList(BaseModel):
     mailbox: str
     total: int
     messages: list[MessageSummary]
+
+
+class MessagePage(MessageList):
     next_before: int | None = Field(
         description="pass as ?before= for the next (older) page; null: this is the last")
 
@@ -361,10 +364,8 @@ class SendResult(BaseModel):
     sent_uid: int | None = None
 
 
-class SearchResult(BaseModel):
-    mailbox: str
-    total: int
-    messages: list[MessageSummary]
+class SearchResult(MessageList):
+    """The messages a search matched in one mailbox."""
 
 
 class Event(BaseModel):
