@@ -53,15 +53,23 @@ def fingerprint(server: Server) -> str:
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
 
 
+def pgp_passphrase(address: str) -> str:
+    """The passphrase of the keys a test user generates (netpost protects them by default;
+    the account's pgp_passphrase_command prints this)."""
+    return f"{address.split('@')[0]} opens sesame"
+
+
 def write_account(server: Server, path: Path, address: str, *, pin: str | None = None,
                   extra: str = "") -> Path:
     pwfile = path.parent / f"{address}.password"
     pwfile.write_text(PASSWORD + "\n")
+    (path.parent / f"{address}.pgp-passphrase").write_text(pgp_passphrase(address) + "\n")
     path.write_text(f"""
 address = "{address}"
 name = "{address.split('@')[0].title()}"
 server = "127.0.0.1"
 password_command = "cat {pwfile}"
+pgp_passphrase_command = "cat {path.parent / (address + '.pgp-passphrase')}"
 tls_fingerprint = "{pin or fingerprint(server)}"
 keyring = "{path.parent / (address + '.keyring')}"
 {extra}

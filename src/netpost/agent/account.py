@@ -10,6 +10,8 @@ or the one given with `--account FILE`:
     password_command = "pass show mail"    # its first line of output is the password;
                                            # without it the password is asked for
     tls_fingerprint = "sha256:AB:CD:..."   # optional pin of a self-signed certificate
+    pgp_passphrase_command = "pass show pgp"  # optional: prints the PGP key's passphrase
+                                           # (else it is asked for on the terminal)
 
     [imap]                 # each table optional; defaults shown
     port = 993             # tls = "implicit"; "starttls" on 143; "none" only if
@@ -82,6 +84,7 @@ class Account:
     keyring: Path = field(default_factory=lambda: data_home() / "keyring")
     sent_folder: str = "Sent"
     autocrypt: bool = False  # Autocrypt Level 1: send our key, learn senders' keys
+    pgp_passphrase_command: str | None = None  # prints the PGP key's passphrase
     _password: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def password(self) -> str:
@@ -164,8 +167,8 @@ def _endpoint(raw: dict[str, Any], proto: str, server: str | None, allow_plain: 
 
 
 KNOWN_KEYS = {"address", "name", "server", "user", "password_command", "tls_fingerprint",
-              "ca_file", "allow_plaintext", "keyring", "sent_folder", "autocrypt", "imap", "smtp",
-              "pop3"}
+              "ca_file", "allow_plaintext", "keyring", "pgp_passphrase_command", "sent_folder",
+              "autocrypt", "imap", "smtp", "pop3"}
 
 
 def load_account(path: Path) -> Account:
@@ -202,4 +205,6 @@ def load_account(path: Path) -> Account:
                  else data_home() / "keyring"),
         sent_folder=str(raw.get("sent_folder", "Sent")),
         autocrypt=bool(raw.get("autocrypt", False)),
+        pgp_passphrase_command=(str(raw["pgp_passphrase_command"])
+                                if raw.get("pgp_passphrase_command") else None),
     )

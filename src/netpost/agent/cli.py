@@ -37,7 +37,7 @@ def keyring_of(account: Account, args: argparse.Namespace) -> Keyring:
     from netpost.agent.pgp import Keyring
 
     return Keyring(account.keyring, os.environ.get("NETPOST_PGP_PASSPHRASE_COMMAND")
-                   or getattr(args, "passphrase_command", None))
+                   or account.pgp_passphrase_command)
 
 
 def imap(account: Account) -> ImapSession:
@@ -555,8 +555,11 @@ def cmd_key(args: argparse.Namespace) -> int:
     if args.action == "generate":
         user_id = args.arg or (f"{account.name} <{account.address}>" if account.name
                                else f"<{account.address}>")
-        tsk = keyring.generate(user_id)
-        print(f"generated {cert_label(tsk.extract_certificate())}")
+        passphrase = None if args.no_passphrase else keyring.new_passphrase(user_id)
+        tsk = keyring.generate(user_id, passphrase)
+        print(f"generated {cert_label(tsk.extract_certificate())}"
+              + (", protected by its passphrase" if passphrase is not None
+                 else ", NOT passphrase-protected"))
     elif args.action == "import":
         source = args.arg or "-"
         try:
@@ -702,6 +705,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="generate: user ID; import: file or -; export: address or "
                         "fingerprint; locate: address")
     p.add_argument("--secret", action="store_true", help="export: the secret key")
+    p.add_argument("--no-passphrase", action="store_true",
+                   help="generate: a key without a passphrase (protected only by the key "
+                        "ring's file mode)")
     p.add_argument("--connect-to", action="append", metavar="HOST=ADDRESS:PORT",
                    help="locate: reach HOST at ADDRESS:PORT (like curl --connect-to)")
     p.add_argument("--wkd-ca-file", metavar="FILE",

@@ -9,8 +9,10 @@ gpg and sq are still what the tests check interoperation against.
 
 The key ring is a directory: `certs/<fingerprint>.pgp` (public certificates, binary) and
 `secret/<fingerprint>.pgp` (transferable secret keys, mode 0600). Keys generated here are
-not passphrase-protected (pysequoia cannot encrypt secret key material yet; the file mode
-protects them); imported protected keys keep their passphrase, asked for when used.
+passphrase-protected unless asked not to be: pysequoia generates them and can use protected
+keys but cannot protect one, so `keyprotect` applies RFC 4880's secret key protection to the
+generated key's secret material (the signed public parts are not touched). Imported
+protected keys keep their passphrase. The passphrase is asked for when a key is used.
 """
 
 from __future__ import annotations
@@ -189,9 +191,14 @@ class Keyring:
                          + (f" (it {problem})" if problem else ""))
         return lines
 
-    def generate(self, user_id: str) -> pysequoia.Tsk:
+    def generate(self, user_id: str, passphrase: str | None) -> pysequoia.Tsk:
+        """A new key for `user_id`, protected by `passphrase` (None: not protected)."""
         # RFC 4880 (v4) keys: what GnuPG 2.2 and sq 0.27, still common, can use
         tsk = pysequoia.Tsk.generate(user_id, profile=pysequoia.Profile.RFC4880)
+        if passphrase is not None:
+            from netpost.agent.keyprotect import protect
+
+            tsk = pysequoia.Tsk.from_bytes(protect(bytes(tsk), passphrase))
         fpr = tsk.extract_certificate().fingerprint
         self._write(self.secret_dir / f"{fpr}.pgp", bytes(tsk), 0o600)
         self._write(self.cert_dir / f"{fpr}.pgp", bytes(tsk.extract_certificate()))
@@ -213,19 +220,49 @@ class Keyring:
         return "".join(out)
 
     # --- secret key use --------------------------------------------------------------------
-    def passphrase(self, label: str) -> str:
-        if self.passphrase_command:
+    def _from_command(self) -> str:
+        assert self.passphrase_command
+        try:
             out = subprocess.run(shlex.split(self.passphrase_command), capture_output=True,
                                  text=True, timeout=60, check=False)
-            if out.returncode != 0:
-                raise AgentError(f"pgp_passphrase_command exited with {out.returncode}")
-            return out.stdout.split("\n", 1)[0].rstrip("\r")
+        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            raise AgentError(f"pgp_passphrase_command failed: {exc}") from None
+        if out.returncode != 0:
+            raise AgentError(f"pgp_passphrase_command exited with {out.returncode}")
+        return out.stdout.split("\n", 1)[0].rstrip("\r")
+
+    def passphrase(self, label: str) -> str:
+        if self.passphrase_command:
+            return self._from_command()
         if sys.stdin.isatty():
             import getpass
 
             return getpass.getpass(f"Passphrase for {label}: ")
         raise AgentError(f"the secret key {label} is passphrase-protected and there is no "
                          "terminal to ask (set pgp_passphrase_command)")
+
+    def new_passphrase(self, user_id: str) -> str:
+        """The passphrase for a key being made: from the passphrase command, or typed twice
+        on the terminal."""
+        if self.passphrase_command:
+            chosen = self._from_command()
+            if not chosen:
+                raise AgentError("pgp_passphrase_command printed an empty passphrase (use "
+                                 "--no-passphrase for a key without one)")
+            return chosen
+        if not sys.stdin.isatty():
+            raise AgentError("no terminal to ask for the new key's passphrase: set "
+                             "pgp_passphrase_command (or NETPOST_PGP_PASSPHRASE_COMMAND), or "
+                             "use --no-passphrase for a key without one")
+        import getpass
+
+        chosen = getpass.getpass(f"Passphrase for the new key {user_id}: ")
+        if not chosen:
+            raise AgentError("an empty passphrase protects nothing (use --no-passphrase for "
+                             "a key without one)")
+        if getpass.getpass("The same passphrase again: ") != chosen:
+            raise AgentError("the two passphrases differ; no key was made")
+        return chosen
 
     def _unlocked(self, tsk: pysequoia.Tsk, make: Callable[[str | None], T]) -> T:
         """`make(passphrase)`: first without one, then asking when the key is protected;
