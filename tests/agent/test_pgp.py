@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.conftest import GPG_HOMES, MailUser, user_env, write_account
+from tests.agent.conftest import GPG_HOMES, MailUser, pgp_passphrase, user_env, write_account
 from tests.agent.test_commands import imap_append, uid_of, uids_of
 from tests.conftest import Server, require_tool
 
@@ -424,3 +424,113 @@ def test_autocrypt_teaches_the_key_and_encryption_follows(
     # her key already known: a second message changes nothing
     grace.run("send", "--to", henry.address, "-s", "again", "--body", "x", "--no-save")
     assert "Autocrypt:" not in henry.run("read", str(uid_of(henry, "again"))).stdout
+
+
+def _bare_account(mail_server: Server, home: Path, address: str) -> MailUser:
+    """An account file without pgp_passphrase_command."""
+    account = write_account(mail_server, home / "mail.toml", address)
+    account.write_text(re.sub(r"(?m)^pgp_passphrase_command = .*\n", "", account.read_text()))
+    return MailUser(address, account, home)
+
+
+def test_generate_asks_for_a_passphrase_or_no_passphrase(mail_server: Server,
+                                                         tmp_path: Path) -> None:
+    """Without a terminal or a passphrase command no key is made; --no-passphrase makes the
+    unprotected kind, said so."""
+    mail_server.add_user("jay@example.test")
+    jay = _bare_account(mail_server, tmp_path, "jay@example.test")
+    one_line_error(jay.run("key", "generate", check=False),
+                   "no terminal to ask for the new key's passphrase", "--no-passphrase")
+    assert jay.run("key", "list").stdout == ""
+    one_line_error(jay.run("key", "generate", check=False,
+                           env={"NETPOST_PGP_PASSPHRASE_COMMAND": "printf ''"}),
+                   "empty passphrase")
+    made = jay.run("key", "generate", "--no-passphrase").stdout
+    assert "generated Jay <jay@example.test>" in made and "NOT passphrase-protected" in made
+    home = tmp_path / "gpg"
+    home.mkdir()
+    packets = gpg(home, "--list-packets", stdin=jay.run("key", "export", "--secret").stdout
+                  .encode()).stdout.decode()
+    assert packets.count("secret sub key packet") == 2 and "S2K" not in packets
+    # it signs without asking
+    jay.run("send", "--sign", "--to", "jay@example.test", "-s", "unprotected", "--body", "x",
+            "--no-save")
+
+
+def test_generated_key_is_protected_and_gpg_and_sq_use_it(
+        mail_server: Server, tmp_path: Path) -> None:
+    """The key netpost makes is passphrase-protected the RFC 4880 way: netpost asks for the
+    passphrase (a wrong one is one line), GnuPG imports it and signs and decrypts with it,
+    and sq unlocks it with the same passphrase."""
+    mail_server.add_user("ivy@example.test")
+    home = tmp_path / "ivy"
+    home.mkdir()
+    ivy = MailUser("ivy@example.test",
+                   write_account(mail_server, home / "mail.toml", "ivy@example.test"), home)
+    passphrase = pgp_passphrase(ivy.address)
+    made = ivy.run("key", "generate").stdout
+    assert "generated Ivy <ivy@example.test>" in made and "protected by its passphrase" in made
+    secret = ivy.run("key", "export", "--secret").stdout.encode()
+    (tmp_path / "ivy-secret.asc").write_bytes(secret)
+    packets = gpg(home, "--list-packets", stdin=secret).stdout.decode()
+    # every secret key packet: S2K usage 254 (SHA-1 check), AES-256, iterated+salted SHA-256
+    assert packets.count("iter+salt S2K, algo: 9, SHA1 protection, hash: 8") == 3, packets
+    assert packets.count("[v4 protected]") == 3
+    assert "features: 09" in packets  # still SEIPDv2 (docs/agent.md, limits of pysequoia)
+
+    # netpost: the passphrase is asked for, a wrong one is one line and nothing is sent
+    wrong = ivy.run("send", "--sign", "--to", ivy.address, "-s", "wrong pass", "--body", "x",
+                    "--no-save", check=False,
+                    env={"NETPOST_PGP_PASSPHRASE_COMMAND": "echo not it"})
+    one_line_error(wrong, "wrong passphrase for the secret key", "Ivy <ivy@example.test>")
+    assert uids_of(ivy, "wrong pass") == []
+    ivy.run("send", "--sign", "--encrypt", "--to", ivy.address, "-s", "to myself",
+            "--body", "kept under a passphrase", "--no-save")
+    uid = str(uid_of(ivy, "to myself"))
+    shown = ivy.run("read", uid).stdout
+    assert "PGP: decrypted with Ivy" in shown and "PGP: good signature from Ivy" in shown
+    one_line_error(ivy.run("read", uid, check=False,
+                           env={"NETPOST_PGP_PASSPHRASE_COMMAND": "echo not it"}),
+                   "wrong passphrase")
+
+    # GnuPG 2.2 imports the protected key with its passphrase, signs and decrypts with it
+    gnupg = [require_tool("gpg"), "--batch", "--yes", "--pinentry-mode", "loopback",
+             "--passphrase", passphrase, "--trust-model", "always"]
+    out = run([*gnupg, "--import", str(tmp_path / "ivy-secret.asc")], home).stderr
+    assert b"secret key imported" in out
+    (tmp_path / "note.txt").write_text("signed by gpg with a netpost key\n")
+    run([*gnupg, "--local-user", ivy.address, "--armor", "--detach-sign", "--output",
+         str(tmp_path / "note.sig"), str(tmp_path / "note.txt")], home)
+    r = run([require_tool("gpg"), "--status-fd", "1", "--verify", str(tmp_path / "note.sig"),
+             str(tmp_path / "note.txt")], home)
+    assert b"[GNUPG:] GOODSIG" in r.stdout
+    # ... what gpg encrypts to the key (gpg 2.2 writes SEIPDv1) gpg and netpost decrypt
+    to_ivy = run([*gnupg, "--armor", "--sign", "--local-user", ivy.address, "--encrypt",
+                  "--recipient", ivy.address], home,
+                 stdin=b"Content-Type: text/plain\r\n\r\nSealed by GnuPG for Ivy.\r\n").stdout
+    (tmp_path / "to-ivy.asc").write_bytes(to_ivy)
+    r = run([*gnupg, "--status-fd", "2", "--decrypt", str(tmp_path / "to-ivy.asc")], home)
+    assert b"DECRYPTION_OKAY" in r.stderr and b"Sealed by GnuPG for Ivy." in r.stdout
+    imap_append(mail_server, ivy.address, "FromGpg", [_encrypted_mime("gpg to ivy", to_ivy)])
+    shown = ivy.run("read", "-f", "FromGpg", "1").stdout
+    assert "Sealed by GnuPG for Ivy." in shown and "PGP: decrypted with Ivy" in shown
+    # ... but what netpost encrypts to a netpost-made key is SEIPDv2 (the key announces
+    # it and pysequoia cannot make the key otherwise): GnuPG 2.2 cannot read that
+    (tmp_path / "to-self.asc").write_bytes(
+        parse(raw_message(ivy, int(uid))).get_payload()[1].get_payload(decode=True))
+    r = run([*gnupg, "--decrypt", str(tmp_path / "to-self.asc")], home, check=False)
+    assert r.returncode != 0 and b"kept under a passphrase" not in r.stdout
+
+    # sq 0.27 unlocks it with the passphrase (asked on its terminal), and not without
+    script = require_tool("script")
+    sq = require_tool("sq")
+    for typed, status in ((passphrase, 0), ("not it", 1)):
+        out_file = tmp_path / f"clear-{status}.pgp"
+        r = subprocess.run(
+            [script, "-qec", f"{sq} key password --clear -o {out_file} "
+                             f"{tmp_path / 'ivy-secret.asc'}", "/dev/null"],
+            input=(typed + "\n").encode(), capture_output=True, timeout=60,
+            env=user_env(home))
+        assert r.returncode == status, r
+    cleared = gpg(home, "--list-packets", str(tmp_path / "clear-0.pgp")).stdout.decode()
+    assert cleared.count("secret sub key packet") == 2 and "S2K" not in cleared
