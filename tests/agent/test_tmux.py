@@ -15,7 +15,7 @@ import pytest
 
 from tests.agent.conftest import MailUser, user_env
 from tests.agent.test_commands import raw_of, uid_of, uids_of
-from tests.conftest import require_tool
+from tests.conftest import Server, require_tool
 
 pytestmark = pytest.mark.interop
 
@@ -136,3 +136,52 @@ def test_reply_in_vim_quotes_the_original(tmp_path: Path, users: dict[str, MailU
     text = got.get_content().replace("\r\n", "\n")
     assert "Forty-two." in text and "> What is the answer?" in text
     assert got["In-Reply-To"] is not None
+
+
+def test_key_generate_asks_for_the_passphrase_twice(mail_server: Server,
+                                                    tmp_path: Path) -> None:
+    """On a terminal `key generate` asks for the new key's passphrase twice, without echo;
+    two different ones make no key."""
+    from tests.agent.test_pgp import _bare_account
+
+    mail_server.add_user("kim@example.test")
+    home = tmp_path / "kim"
+    home.mkdir()
+    kim = _bare_account(mail_server, home, "kim@example.test")
+    t = Terminal(tmp_path, kim)
+    try:
+        t.type(f"{t.base} key generate")
+        t.keys("Enter")
+        t.wait_for("Passphrase for the new key Kim <kim@example.test>:")
+        t.type("first try")
+        t.keys("Enter")
+        t.wait_for("The same passphrase again:")
+        t.type("second try")
+        t.keys("Enter")
+        t.wait_for("netpost: the two passphrases differ; no key was made")
+        t.type("clear")
+        t.keys("Enter")
+        deadline = time.monotonic() + 10
+        while "differ" in t.screen() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        t.type(f"{t.base} key generate")
+        t.keys("Enter")
+        t.wait_for("Passphrase for the new key Kim <kim@example.test>:")
+        t.type("kim's tmux phrase")
+        t.keys("Enter")
+        t.wait_for("The same passphrase again:")
+        t.type("kim's tmux phrase")
+        t.keys("Enter")
+        screen = t.wait_for("protected by its passphrase")
+        assert "tmux phrase" not in screen
+    finally:
+        t.close()
+    assert kim.run("key", "list").stdout.count("sec ") == 1
+    wrong = kim.run("send", "--sign", "--to", kim.address, "-s", "x", "--body", "x",
+                    "--no-save", check=False,
+                    env={"NETPOST_PGP_PASSPHRASE_COMMAND": "echo first try"})
+    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr
+    kim.run("send", "--sign", "--to", kim.address, "-s", "signed after tmux", "--body", "x",
+            "--no-save", env={"NETPOST_PGP_PASSPHRASE_COMMAND": 'echo "kim\'s tmux phrase"'})
+    uid = uids_of(kim, "signed after tmux")[0]
+    assert "PGP: good signature from Kim" in kim.run("read", str(uid)).stdout
