@@ -1,10 +1,10 @@
 """The DHCPv4 listener's handler: datagrams to the engine, leases to the store, replies out.
 
 Each batch the listener hands over is decoded and decided at once; replies that promise a
-lease (ACKs) wait until their leases are durable.  Leases are committed by one task at a time:
-while a transaction runs, the next ones gather, and go together in the next transaction (group
-commit) -- so a burst of REQUESTs costs a few fsyncs, not one each.  OFFERs, NAKs and INFORM
-answers promise nothing and go at once.
+lease (ACKs) wait until their leases are durable (committer.py: one task at a time commits;
+while a transaction runs, the next ones gather, and go together in the next transaction --
+group commit -- so a burst of REQUESTs costs a few fsyncs, not one each).  OFFERs, NAKs and
+INFORM answers promise nothing and go at once.
 
 Malformed datagrams are dropped and counted (`DatagramStats.dropped` and `malformed`), so are
 replies too big for the client; nothing a client sends stops the server.
@@ -12,16 +12,16 @@ replies too big for the client; nothing a client sends stops the server.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import logging
 import socket
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from netpost.dhcp.committer import AdminChanges, LeaseCommitter
 from netpost.dhcp.engine import BindingState, DHCPEngine, LeaseRecord, Link, Outcome
 from netpost.dhcp.packet import (
     Message,
@@ -38,9 +38,6 @@ from netpost.store.interfaces import Lease, Leases, LeaseState
 
 log = logging.getLogger("netpost.dhcp")
 
-SYNC_INTERVAL = 1.0  # seconds between looks for leases the command line changed
-GATHER_TIME = 0.005  # seconds a commit waits for more leases to join it...
-GATHER_ENOUGH = 64  # ...unless this many are waiting already
 PING_TRIES = 3  # addresses probed for one DISCOVER before giving up
 REPORT_INTERVAL = 300.0  # seconds between the counters' log lines (when something happened)
 SIOCGIFADDR = 0x8915  # linux/sockios.h
@@ -50,12 +47,7 @@ SIOCGIFADDR = 0x8915  # linux/sockios.h
 class DHCPCounters:
     malformed: int = 0  # not a DHCP message
     oversized: int = 0  # a reply the client's maximum size could not take
-    commits: int = 0  # transactions
-    committed: int = 0  # leases in them
-    commit_failures: int = 0
     ping_answered: int = 0  # offered addresses that answered a ping (quarantined)
-    replies_waiting: int = 0  # ACKs waiting for their commit now
-    batches: list[int] = field(default_factory=list)  # recent commit sizes (last 64)
 
 
 def interface_address(name: str) -> IPv4Address:
@@ -101,11 +93,9 @@ class DHCPHandler(DatagramHandler):
         self._server_text = str(link.server_address)
         self.ping_timeout = ping_timeout
         self.counters = DHCPCounters()
-        self._pending: list[tuple[Lease, bytes | None, tuple[str, int] | None]] = []
-        self._committing = False
-        _, self._serial = leases.leases_changed_since(0)
-        self._synced = time.monotonic()
-        self._reported = self._synced
+        self.committer = LeaseCommitter(leases, listener, "dhcp")
+        self._admin = AdminChanges(leases, 4, "dhcp")
+        self._reported = time.monotonic()
         self._reported_received = 0
 
     def open_socket(self) -> socket.socket | None:
@@ -148,10 +138,7 @@ class DHCPHandler(DatagramHandler):
                     self.listener.stats.dropped += 1
                 continue
             self._act(outcome)
-        if self._pending and not self._committing:
-            self._committing = True
-            if not self.listener.spawn(self._commit_pending()):
-                self._committing = False
+        self.committer.flush()
 
     def _act(self, outcome: Outcome) -> None:
         data = None
@@ -163,8 +150,7 @@ class DHCPHandler(DatagramHandler):
                 self.listener.stats.dropped += 1
                 log.warning("dhcp: reply not sent: %s", exc)
         if outcome.lease is not None:
-            self._pending.append((to_lease(outcome.lease), data, outcome.destination))
-            self.counters.replies_waiting += 1
+            self.committer.hold((to_lease(outcome.lease),), data, outcome.destination)
         elif data is not None and outcome.destination is not None:
             self.listener.send(data, outcome.destination)
 
@@ -201,67 +187,27 @@ class DHCPHandler(DatagramHandler):
                 return
             outcome = again
 
-    # -- group commit --------------------------------------------------------------------------
-
-    async def _commit_pending(self) -> None:
-        """Commit what is pending in one transaction, send its replies, repeat while more
-        gathered meanwhile."""
-        try:
-            while self._pending:
-                if len(self._pending) < GATHER_ENOUGH:
-                    # Let a few more REQUESTs join this transaction: one fsync and one thread
-                    # hand-off for many leases costs the ACKs GATHER_TIME of latency.
-                    await asyncio.sleep(GATHER_TIME)
-                batch, self._pending = self._pending, []
-                try:
-                    await asyncio.to_thread(self.leases.commit_leases, [b[0] for b in batch])
-                except Exception:
-                    self.counters.commit_failures += 1
-                    self.counters.replies_waiting -= len(batch)
-                    log.exception("dhcp: %d leases not committed; their ACKs are not sent "
-                                  "(the clients will ask again)", len(batch))
-                    continue
-                self.counters.commits += 1
-                self.counters.committed += len(batch)
-                self.counters.batches = [*self.counters.batches[-63:], len(batch)]
-                self.counters.replies_waiting -= len(batch)
-                for _, data, destination in batch:
-                    if data is not None and destination is not None:
-                        self.listener.send(data, destination)
-        finally:
-            self._committing = False
-
     # -- what the command line changed ---------------------------------------------------------
 
     def _sync_external(self, now: float) -> None:
         """Apply `netpost leases release` (a row released by someone else) to the engine."""
-        tick = time.monotonic()
-        if tick - self._synced < SYNC_INTERVAL:
-            return
-        self._synced = tick
-        try:
-            changed, self._serial = self.leases.leases_changed_since(self._serial)
-        except Exception:
-            log.exception("dhcp: cannot read lease changes")
-            return
-        for lease in changed:
-            if lease.state != "released" or lease.family != 4:
-                continue
-            binding = self.engine.binding(IPv4Address(lease.address))
+        for lease in self._admin.poll():
+            address = IPv4Address(lease.address)
+            binding = self.engine.binding(address)
             if binding is not None and binding.state is BindingState.BOUND and \
                     binding.starts == lease.starts and \
-                    self.engine.external_release(IPv4Address(lease.address), lease.client, now):
+                    self.engine.external_release(address, lease.client, now):
                 log.info("dhcp: lease of %s (%s) released by the administrator", lease.address,
                          describe_key(lease.client))
 
     def report_line(self) -> str:
         """The counters in one line (the log, every REPORT_INTERVAL while busy)."""
-        stats, c = self.engine.stats, self.counters
+        stats, c, k = self.engine.stats, self.counters, self.committer.counters
         received = " ".join(f"{k}={v}" for k, v in sorted(stats.received.items()))
         sent = " ".join(f"{k}={v}" for k, v in sorted(stats.sent.items()))
-        batch = c.committed / c.commits if c.commits else 0.0
+        batch = k.committed / k.commits if k.commits else 0.0
         return (f"dhcp counters: received {received or '-'}; sent {sent or '-'}; "
-                f"commits {c.commits} ({batch:.1f} leases each), failed {c.commit_failures}; "
+                f"commits {k.commits} ({batch:.1f} leases each), failed {k.commit_failures}; "
                 f"malformed {c.malformed}, oversized {c.oversized}, rate-limited "
                 f"{stats.rate_limited_client} client / {stats.rate_limited_relay} relay, "
                 f"circuit-limited {stats.circuit_limited}, pool exhausted "

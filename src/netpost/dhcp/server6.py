@@ -7,7 +7,7 @@ RFC 8415 18.4).  Replies go to the client's link-local address, port 546, or to 
 forwarded the message, port 547.
 
 As in the v4 handler, a REPLY that gives or extends an address waits until its leases are
-durable; leases are committed by one task at a time, a batch per transaction (group commit).
+durable (committer.py: one task at a time commits, a batch per transaction -- group commit).
 The server's DUID (RFC 8415 11) is made once, from the interface's Ethernet address and the
 time (DUID-LLT, 11.2, as the RFC suggests for a server with stable storage), and kept in the
 data directory: clients that hold our SERVERID keep talking to us after a restart.
@@ -15,25 +15,24 @@ data directory: clients that hold our SERVERID keep talking to us after a restar
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
 import struct
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv6Address
 from pathlib import Path
 
 from netpost.dhcp import packet6 as p6
+from netpost.dhcp.committer import AdminChanges, LeaseCommitter
 from netpost.dhcp.engine6 import BindingState, DHCP6Engine, LeaseRecord6, Link6, Outcome6
 from netpost.net.datagram import RECEIVE_BUFFER, Datagram, DatagramHandler, DatagramListener
 from netpost.store.interfaces import Lease, Leases, LeaseState
 
 log = logging.getLogger("netpost.dhcp")
 
-SYNC_INTERVAL = 1.0  # seconds between looks for leases the command line changed
 DUID_FILE = Path("dhcp6") / "server-duid"
 ARPHRD_ETHER = 1  # linux/if_arp.h; also the DUID hardware type (RFC 826 / IANA: 1)
 
@@ -41,11 +40,6 @@ ARPHRD_ETHER = 1  # linux/if_arp.h; also the DUID hardware type (RFC 826 / IANA:
 @dataclass
 class DHCP6Counters:
     malformed: int = 0
-    commits: int = 0
-    committed: int = 0
-    commit_failures: int = 0
-    replies_waiting: int = 0
-    batches: list[int] = field(default_factory=list)
 
 
 # --- the link ----------------------------------------------------------------------------------
@@ -178,10 +172,8 @@ class DHCP6Handler(DatagramHandler):
         self.link = link
         self.leases = leases
         self.counters = DHCP6Counters()
-        self._pending: list[tuple[list[Lease], bytes | None, tuple[str, int] | None]] = []
-        self._committing = False
-        _, self._serial = leases.leases_changed_since(0)
-        self._synced = time.monotonic()
+        self.committer = LeaseCommitter(leases, listener, "dhcp6")
+        self._admin = AdminChanges(leases, 6, "dhcp6")
 
     def open_socket(self) -> socket.socket:
         address = self.listener.spec.address
@@ -210,60 +202,21 @@ class DHCP6Handler(DatagramHandler):
                 continue
             if outcome is not None:
                 self._act(outcome)
-        if self._pending and not self._committing:
-            self._committing = True
-            if not self.listener.spawn(self._commit_pending()):
-                self._committing = False
+        self.committer.flush()
 
     def _act(self, outcome: Outcome6) -> None:
         data = p6.encode(outcome.reply) if outcome.reply is not None else None
         if outcome.leases:
-            self._pending.append(([to_lease(r) for r in outcome.leases], data,
-                                  outcome.destination))
-            self.counters.replies_waiting += 1
+            self.committer.hold([to_lease(r) for r in outcome.leases], data,
+                                outcome.destination)
         elif data is not None and outcome.destination is not None:
             self.listener.send(data, outcome.destination)
-
-    # -- group commit (as in server.py) --------------------------------------------------------
-
-    async def _commit_pending(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                leases = [lease for entry in batch for lease in entry[0]]
-                try:
-                    await asyncio.to_thread(self.leases.commit_leases, leases)
-                except Exception:
-                    self.counters.commit_failures += 1
-                    self.counters.replies_waiting -= len(batch)
-                    log.exception("dhcp6: %d leases not committed; their replies are not sent "
-                                  "(the clients will ask again)", len(leases))
-                    continue
-                self.counters.commits += 1
-                self.counters.committed += len(leases)
-                self.counters.batches = [*self.counters.batches[-63:], len(leases)]
-                self.counters.replies_waiting -= len(batch)
-                for _, data, destination in batch:
-                    if data is not None and destination is not None:
-                        self.listener.send(data, destination)
-        finally:
-            self._committing = False
 
     # -- what the command line changed ---------------------------------------------------------
 
     def _sync_external(self, now: float) -> None:
-        tick = time.monotonic()
-        if tick - self._synced < SYNC_INTERVAL:
-            return
-        self._synced = tick
-        try:
-            changed, self._serial = self.leases.leases_changed_since(self._serial)
-        except Exception:
-            log.exception("dhcp6: cannot read lease changes")
-            return
-        for lease in changed:
-            if lease.state != "released" or lease.family != 6:
-                continue
+        """Apply `netpost leases release` (a row released by someone else) to the engine."""
+        for lease in self._admin.poll():
             address = IPv6Address(lease.address)
             binding = self.engine.binding(address)
             if binding is not None and binding.state is BindingState.BOUND and \

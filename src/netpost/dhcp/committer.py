@@ -1,0 +1,142 @@
+"""Group commit of DHCP leases, shared by the v4 and v6 handlers, and the look for leases the
+command line changed.
+
+`LeaseCommitter.hold(leases, reply, destination)` keeps a reply that promises leases (a
+DHCPv4 ACK, a DHCPv6 REPLY with addresses) until those leases are durable.  One task at a
+time commits: it waits up to `gather_time` for more replies to join (unless `gather_enough`
+wait already), writes every held lease in ONE `Leases.commit_leases` transaction (in a thread:
+SQLite's fsync must not stop the event loop), and only then sends the replies of that batch.
+Replies held while a transaction runs go in the next one -- so a burst of requests costs a few
+fsyncs, not one each.  When a transaction fails, its replies are never sent (the clients ask
+again) and the failure is counted and logged.
+
+`AdminChanges.poll()` returns, at most once per `interval`, the leases an administrator
+changed since the last look (`netpost leases release`), for the handler to apply to its
+engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from netpost.net.datagram import DatagramListener
+from netpost.store.interfaces import Lease, Leases
+
+log = logging.getLogger("netpost.dhcp")
+
+GATHER_TIME = 0.005  # seconds a commit waits for more leases to join it...
+GATHER_ENOUGH = 64  # ...unless this many replies are waiting already
+SYNC_INTERVAL = 1.0  # seconds between looks for leases the command line changed
+RECENT_BATCHES = 64  # commit sizes kept for the counters
+
+
+@dataclass
+class CommitCounters:
+    commits: int = 0  # transactions
+    committed: int = 0  # leases in them
+    commit_failures: int = 0
+    replies_waiting: int = 0  # replies waiting for their commit now
+    batches: list[int] = field(default_factory=list)  # recent commit sizes (leases)
+
+
+class LeaseCommitter:
+    """Replies held until their leases are committed, a batch per transaction."""
+
+    def __init__(self, leases: Leases, listener: DatagramListener, name: str = "dhcp", *,
+                 gather_time: float = GATHER_TIME, gather_enough: int = GATHER_ENOUGH) -> None:
+        self.leases = leases
+        self.listener = listener
+        self.name = name  # for the log: "dhcp" or "dhcp6"
+        self.gather_time = gather_time
+        self.gather_enough = gather_enough
+        self.counters = CommitCounters()
+        self._held: list[Lease] = []
+        self._replies: list[tuple[bytes | None, tuple[str, int] | None]] = []
+        self._committing = False
+
+    def hold(self, leases: Sequence[Lease], reply: bytes | None,
+             destination: tuple[str, int] | None) -> None:
+        """Keep `reply` (may be None: a DECLINE or RELEASE promises nothing but is recorded)
+        until `leases` are durable, then send it to `destination`.  Call `flush` after a
+        batch of datagrams to start the commit."""
+        self._held.extend(leases)
+        self._replies.append((reply, destination))
+        self.counters.replies_waiting += 1
+
+    @property
+    def waiting(self) -> int:
+        """Replies held now."""
+        return len(self._replies)
+
+    def flush(self) -> None:
+        """Start committing what is held, unless a commit task runs already (it takes what
+        is held when its transaction ends)."""
+        if not self._replies or self._committing:
+            return
+        self._committing = True
+        if not self.listener.spawn(self._commit_held()):
+            self._committing = False
+
+    async def _commit_held(self) -> None:
+        """Commit what is held in one transaction, send its replies, repeat while more
+        gathered meanwhile."""
+        counters = self.counters
+        try:
+            while self._replies:
+                if len(self._replies) < self.gather_enough and self.gather_time > 0:
+                    # Let a few more requests join this transaction: one fsync and one thread
+                    # hand-off for many leases costs the replies `gather_time` of latency.
+                    await asyncio.sleep(self.gather_time)
+                leases, self._held = self._held, []
+                replies, self._replies = self._replies, []
+                try:
+                    if leases:
+                        await asyncio.to_thread(self.leases.commit_leases, leases)
+                except Exception:
+                    counters.commit_failures += 1
+                    counters.replies_waiting -= len(replies)
+                    log.exception("%s: %d leases not committed; their replies are not sent "
+                                  "(the clients will ask again)", self.name, len(leases))
+                    continue
+                counters.commits += 1
+                counters.committed += len(leases)
+                counters.batches = [*counters.batches[-(RECENT_BATCHES - 1):], len(leases)]
+                counters.replies_waiting -= len(replies)
+                send = self.listener.send
+                for data, destination in replies:
+                    if data is not None and destination is not None:
+                        send(data, destination)
+        finally:
+            self._committing = False
+
+
+class AdminChanges:
+    """What `netpost leases release` changed, looked for at most once per `interval`."""
+
+    def __init__(self, leases: Leases, family: int, name: str = "dhcp",
+                 interval: float = SYNC_INTERVAL) -> None:
+        self.leases = leases
+        self.family = family
+        self.name = name
+        self.interval = interval
+        _, self._serial = leases.leases_changed_since(0)
+        self._looked = time.monotonic()
+
+    def poll(self) -> list[Lease]:
+        """Released leases of our family changed since the last look; [] when it is not
+        time to look yet, or the store cannot say (logged)."""
+        tick = time.monotonic()
+        if tick - self._looked < self.interval:
+            return []
+        self._looked = tick
+        try:
+            changed, self._serial = self.leases.leases_changed_since(self._serial)
+        except Exception:
+            log.exception("%s: cannot read lease changes", self.name)
+            return []
+        return [lease for lease in changed
+                if lease.state == "released" and lease.family == self.family]
