@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -36,6 +36,8 @@ from netpost.dhcp.packet import (
     MessageType,
     Option,
     client_key,
+    encode_options,
+    option_instances,
     printable,
     relay_suboptions,
 )
@@ -115,6 +117,10 @@ class Link:
 
     server_address: IPv4Address
     ntp_here: bool = False
+    packed: bytes = field(init=False, repr=False, compare=False)  # server_address's octets
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packed", self.server_address.packed)
 
 
 @dataclass(frozen=True)
@@ -157,9 +163,9 @@ class _Limiter:
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
-        self.buckets: dict[bytes | str, _Bucket] = {}
+        self.buckets: dict[Hashable, _Bucket] = {}
 
-    def allow(self, key: bytes | str, now: float) -> bool:
+    def allow(self, key: Hashable, now: float) -> bool:
         bucket = self.buckets.get(key)
         if bucket is None:
             if len(self.buckets) >= self.max_keys:
@@ -189,7 +195,11 @@ class DHCPEngine:
         self._relays = _Limiter(self.settings.relay_rate, self.settings.relay_burst)
         self._circuits: dict[str, int] = {}
         self._last_alarm: dict[int, float] = {}
-        self._option_cache: dict[tuple[int, bytes, Link], dict[int, bytes]] = {}
+        self._option_cache: dict[tuple[int, bytes, bytes, bool], dict[int, bytes]] = {}
+        # (kind, lease time, subnet, request list, link) -> the reply's options before the
+        # client's own (61, 82), and their octets (`Message.wire_options`)
+        self._blocks: dict[tuple[int, int | None, int, bytes, bytes, bool],
+                           tuple[dict[int, bytes], bytes]] = {}
         self._full_until: dict[int, tuple[float, int]] = {}  # subnet -> (until, _freed then)
         self._freed = 0  # bumped whenever a binding ends early (release, forget)
         for record in leases:
@@ -282,10 +292,11 @@ class DHCPEngine:
         if message.op != BOOTREQUEST or kind is None:
             self.stats.ignored += 1
             return None
-        name = kind.name
-        self.stats.received[name] = self.stats.received.get(name, 0) + 1
-        relayed = message.giaddr != ZERO
-        if relayed and not self._relays.allow(message.giaddr.packed, now):
+        name = _TYPE_NAMES[kind]
+        received = self.stats.received
+        received[name] = received.get(name, 0) + 1
+        giaddr = message.giaddr
+        if giaddr is not ZERO and giaddr != ZERO and not self._relays.allow(int(giaddr), now):
             self.stats.rate_limited_relay += 1
             return None
         if not self._clients.allow(message.chaddr, now):
@@ -413,12 +424,14 @@ class DHCPEngine:
 
     def _request(self, message: Message, link: Link, now: float,
                  unicast: bool | None = None) -> Outcome | None:
-        server_id = message.server_identifier
+        server_id = message.options.get(Option.SERVER_IDENTIFIER)
+        if server_id is not None and len(server_id) != 4:
+            server_id = None  # not an address: as if absent
         requested = message.requested_address
         client = client_key(message)
         if server_id is not None:
             # SELECTING: the client answers an OFFER (ours or another server's).
-            if server_id != link.server_address:
+            if server_id != link.packed:
                 self._withdraw_offer(message, client, link, now)
                 self.stats.ignored += 1
                 return None
@@ -618,7 +631,8 @@ class DHCPEngine:
             return ""
         agent = message.options.get(Option.RELAY_AGENT_INFORMATION)
         circuit = relay_suboptions(agent).get(1) if agent is not None else None
-        return f"{message.giaddr}" + (f" circuit {circuit.hex()}" if circuit else "")
+        relay = address_text(message.giaddr)
+        return relay + f" circuit {circuit.hex()}" if circuit else relay
 
     @staticmethod
     def _echo_agent(message: Message, options: dict[int, bytes]) -> None:
@@ -630,30 +644,58 @@ class DHCPEngine:
     def _reply(self, message: Message, kind: MessageType, link: Link, subnet: Subnet,
                yiaddr: IPv4Address, lease_time: int | None) -> Message:
         """An OFFER or ACK (RFC 2131 table 3) with the subnet's options."""
+        wanted = message.parameter_request_list
+        block, wire = self._block(kind, lease_time, subnet, wanted, link)
+        options = block.copy()
+        wire_options: bytes | None = wire
+        client_id = message.client_identifier
+        if client_id is not None:
+            if Option.CLIENT_IDENTIFIER in options:
+                wire_options = None  # configured as an option too: encode places it
+            options[Option.CLIENT_IDENTIFIER] = client_id  # RFC 6842: echo it back
+            if wire_options is not None:
+                wire_options += b"".join(option_instances(Option.CLIENT_IDENTIFIER, client_id))
+        if message.giaddr != ZERO:
+            agent = message.options.get(Option.RELAY_AGENT_INFORMATION)
+            if agent is not None:
+                if Option.RELAY_AGENT_INFORMATION in options:
+                    wire_options = None
+                options[Option.RELAY_AGENT_INFORMATION] = agent  # RFC 3046 2.2: echoed
+                if wire_options is not None:
+                    wire_options += b"".join(
+                        option_instances(Option.RELAY_AGENT_INFORMATION, agent))
+        self._count_sent(kind)
+        return Message(BOOTREPLY, message.xid, message.chaddr, message.htype, 0, 0,
+                       message.flags, message.ciaddr if kind is MessageType.ACK else ZERO,
+                       yiaddr, ZERO, message.giaddr, b"", b"", options, wire_options)
+
+    def _block(self, kind: MessageType, lease_time: int | None, subnet: Subnet, wanted: bytes,
+               link: Link) -> tuple[dict[int, bytes], bytes]:
+        """The options of an OFFER or ACK before the client's own (61, 82), and their
+        octets: the same few serve every client, so they are made once."""
+        key = (kind, lease_time, id(subnet), wanted, link.packed, link.ntp_here)
+        known = self._blocks.get(key)
+        if known is not None:
+            return known
         options: dict[int, bytes] = {
             Option.MESSAGE_TYPE: bytes((kind,)),
-            Option.SERVER_IDENTIFIER: link.server_address.packed,
+            Option.SERVER_IDENTIFIER: link.packed,
         }
         if lease_time is not None:
             options[Option.LEASE_TIME] = u32(lease_time)
             scale = lease_time / subnet.lease_time
             options[Option.RENEWAL_TIME] = u32(int(subnet.renewal_time * scale))
             options[Option.REBINDING_TIME] = u32(int(subnet.rebinding_time * scale))
-        options.update(self._subnet_options(subnet, message.parameter_request_list, link))
-        client_id = message.client_identifier
-        if client_id is not None:
-            options[Option.CLIENT_IDENTIFIER] = client_id  # RFC 6842: echo it back
-        self._echo_agent(message, options)
-        self._count_sent(kind)
-        return Message(op=BOOTREPLY, xid=message.xid, chaddr=message.chaddr,
-                       htype=message.htype, flags=message.flags,
-                       ciaddr=message.ciaddr if kind is MessageType.ACK else ZERO,
-                       yiaddr=yiaddr, giaddr=message.giaddr, options=options)
+        options.update(self._subnet_options(subnet, wanted, link))
+        if len(self._blocks) >= 4096:
+            self._blocks.clear()  # clients with odd request lists or lease times: bounded
+        known = self._blocks[key] = (options, encode_options(options))
+        return known
 
     def _subnet_options(self, subnet: Subnet, wanted: bytes, link: Link) -> dict[int, bytes]:
         """The subnet's options for a client asking for `wanted` (option 55), in the order
         they are sent; the same few lists serve every client, so they are kept."""
-        key = (id(subnet), wanted, link)
+        key = (id(subnet), wanted, link.packed, link.ntp_here)
         cached = self._option_cache.get(key)
         if cached is not None:
             return cached
@@ -684,7 +726,8 @@ class DHCPEngine:
         return options
 
     def _count_sent(self, kind: MessageType) -> None:
-        self.stats.sent[kind.name] = self.stats.sent.get(kind.name, 0) + 1
+        name = _TYPE_NAMES[kind]
+        self.stats.sent[name] = self.stats.sent.get(name, 0) + 1
 
     def _out(self, reply: Message, message: Message, lease: LeaseRecord | None = None) -> Outcome:
         return Outcome(reply, reply_destination(message, reply), lease,
@@ -701,10 +744,26 @@ def reply_destination(request: Message, reply: Message) -> tuple[str, int]:
       possible, the message MAY be sent as an IP broadcast"), and every client listens for
       broadcasts while it has no address."""
     if request.giaddr != ZERO:
-        return str(request.giaddr), SERVER_PORT
+        return address_text(request.giaddr), SERVER_PORT
     if request.ciaddr != ZERO:
         return str(request.ciaddr), CLIENT_PORT
-    return str(BROADCAST), CLIENT_PORT
+    return _BROADCAST_TEXT, CLIENT_PORT
+
+
+_BROADCAST_TEXT = str(BROADCAST)
+_TYPE_NAMES = {kind: kind.name for kind in MessageType}
+_TEXTS: dict[int, str] = {}  # relays' addresses as text
+
+
+def address_text(address: IPv4Address) -> str:
+    """str(address), kept for the few addresses met again and again (relays)."""
+    value = int(address)
+    text = _TEXTS.get(value)
+    if text is None:
+        if len(_TEXTS) >= 1024:
+            _TEXTS.clear()
+        text = _TEXTS[value] = str(address)
+    return text
 
 
 def _nth(ranges: tuple[tuple[int, int], ...], offset: int) -> int:

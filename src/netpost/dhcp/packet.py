@@ -86,6 +86,8 @@ class Option(enum.IntEnum):
     END = 255
 
 
+_MESSAGE_TYPES = {int(kind): kind for kind in MessageType}
+
 # RFC 2132 9.3: which of file and sname carry options.
 OVERLOAD_FILE = 1
 OVERLOAD_SNAME = 2
@@ -117,12 +119,17 @@ class Message:
 
     # -- the options a server looks at -------------------------------------------------------
 
+    # Encoded `options` (without END), when whoever made the message had them already (the
+    # engine keeps each subnet's option block encoded); `encode` then writes these octets
+    # instead of encoding `options` again.  They must say exactly what `options` says.
+    wire_options: bytes | None = field(default=None, compare=False, repr=False)
+
     @property
     def message_type(self) -> MessageType | None:
         value = self.options.get(Option.MESSAGE_TYPE)
-        if value is None or len(value) != 1 or not 1 <= value[0] <= 8:
+        if value is None or len(value) != 1:
             return None
-        return MessageType(value[0])
+        return _MESSAGE_TYPES.get(value[0])
 
     @property
     def broadcast(self) -> bool:
@@ -182,40 +189,55 @@ def printable(value: bytes) -> str:
 # --- decoding ----------------------------------------------------------------------------------
 
 
-def _scan_options(data: bytes, into: dict[int, bytearray]) -> None:
-    """Append each option of one field to `into` (RFC 3396: instances concatenate)."""
-    i = 0
+def _scan_options(data: bytes, into: dict[int, bytes], start: int = 0) -> None:
+    """Add each option of one field (from `start`) to `into` (RFC 3396: instances
+    concatenate)."""
+    i = start
     n = len(data)
     while i < n:
         code = data[i]
-        if code == Option.END:
+        if code == 255:  # END
             return
-        if code == Option.PAD:
+        if code == 0:  # PAD
             i += 1
             continue
         if i + 1 >= n:
             raise PacketError(f"option {code} has no length octet")
-        length = data[i + 1]
-        end = i + 2 + length
+        end = i + 2 + data[i + 1]
         if end > n:
             raise PacketError(f"option {code} runs past the end of its field")
-        value = data[i + 2:end]
         known = into.get(code)
-        if known is None:
-            into[code] = bytearray(value)
-        else:
-            known += value
+        into[code] = data[i + 2:end] if known is None else known + data[i + 2:end]
         i = end
     # A field without an END option: tolerated (many clients pad the options field instead).
 
 
+_ADDRESSES: dict[bytes, IPv4Address] = {}  # the non-zero addresses seen lately (relays, ...)
+_ADDRESSES_KEPT = 1024
+
+
 def _address(packed: bytes) -> IPv4Address:
-    """Most address fields of a request are 0.0.0.0: one shared object for those."""
-    return ZERO if packed == _ZERO_PACKED else IPv4Address(packed)
+    """Most address fields of a request are 0.0.0.0, and giaddr is one of a few relays: one
+    shared object each (addresses are immutable)."""
+    if packed == _ZERO_PACKED:
+        return ZERO
+    known = _ADDRESSES.get(packed)
+    if known is None:
+        if len(_ADDRESSES) >= _ADDRESSES_KEPT:
+            _ADDRESSES.clear()
+        known = _ADDRESSES[packed] = IPv4Address(packed)
+    return known
+
+
+def packed(address: IPv4Address) -> bytes:
+    """`address.packed`, without making new octets for 0.0.0.0."""
+    return _ZERO_PACKED if address is ZERO else address.packed
 
 
 def decode(data: bytes) -> Message:
     """The message in `data` (a UDP payload), or PacketError."""
+    if type(data) is not bytes:
+        data = bytes(data)  # option values are slices of it: immutable ones
     if len(data) < MIN_SIZE:
         raise PacketError(f"{len(data)} octets is shorter than a DHCP message ({MIN_SIZE})")
     if data[FIXED_SIZE:MIN_SIZE] != MAGIC_COOKIE:
@@ -226,29 +248,40 @@ def decode(data: bytes) -> Message:
         raise PacketError(f"op {op} is neither BOOTREQUEST nor BOOTREPLY")
     if hlen > 16:
         raise PacketError(f"hlen {hlen} is longer than chaddr (16)")
-    found: dict[int, bytearray] = {}
-    _scan_options(data[MIN_SIZE:], found)
+    found: dict[int, bytes] = {}
+    _scan_options(data, found, MIN_SIZE)
     # RFC 2131 4.1: the options field first, then file, then sname.
     overload_value = found.pop(Option.OVERLOAD, None)
-    overload = overload_value[0] if overload_value is not None and len(overload_value) == 1 else 0
-    if overload_value is not None and not 1 <= overload <= 3:
-        raise PacketError(f"option overload value {bytes(overload_value).hex()} is not 1, 2 or 3")
-    if overload & OVERLOAD_FILE:
-        _scan_options(file, found)
-        file = b""
-    if overload & OVERLOAD_SNAME:
-        _scan_options(sname, found)
-        sname = b""
-    found.pop(Option.OVERLOAD, None)  # an overload inside file/sname is meaningless
+    if overload_value is not None:
+        overload = overload_value[0] if len(overload_value) == 1 else 0
+        if not 1 <= overload <= 3:
+            raise PacketError(f"option overload value {overload_value.hex()} is not 1, 2 or 3")
+        if overload & OVERLOAD_FILE:
+            _scan_options(file, found)
+            file = b""
+        if overload & OVERLOAD_SNAME:
+            _scan_options(sname, found)
+            sname = b""
+        found.pop(Option.OVERLOAD, None)  # an overload inside file/sname is meaningless
     return Message(
-        op=op, xid=xid, chaddr=chaddr[:hlen], htype=htype, hops=hops, secs=secs, flags=flags,
-        ciaddr=_address(ciaddr), yiaddr=_address(yiaddr), siaddr=_address(siaddr),
-        giaddr=_address(giaddr), sname=sname.rstrip(b"\0"), file=file.rstrip(b"\0"),
-        options={code: bytes(value) for code, value in found.items()},
+        op, xid, chaddr[:hlen], htype, hops, secs, flags,
+        ZERO if ciaddr == _ZERO_PACKED else _address(ciaddr),
+        ZERO if yiaddr == _ZERO_PACKED else _address(yiaddr),
+        ZERO if siaddr == _ZERO_PACKED else _address(siaddr),
+        ZERO if giaddr == _ZERO_PACKED else _address(giaddr),
+        sname.rstrip(b"\0"), file.rstrip(b"\0"),
+        found,
     )
 
 
 # --- encoding ----------------------------------------------------------------------------------
+
+
+def encode_options(options: Mapping[int, bytes]) -> bytes:
+    """The options as `encode` writes them (relay agent information last), without END: what
+    `Message.wire_options` holds."""
+    return b"".join(piece for code, value in _ordered(options)
+                    for piece in option_instances(code, value))
 
 
 def option_instances(code: int, value: bytes) -> list[bytes]:
@@ -296,22 +329,26 @@ def encode(message: Message, max_size: int | None = None) -> bytes:
     """The octets of `message`.  With `max_size` (the client's limit, RFC 2132 9.10, IP and
     UDP headers included) options that do not fit go into `file` and `sname` (overload) when
     those are empty; PacketError if they still do not fit."""
-    items = _ordered(message.options)
     sname, file = message.sname, message.file
     if len(sname) > SNAME_SIZE or len(file) > FILE_SIZE:
         raise PacketError("sname or file is longer than its field")
     if len(message.chaddr) > 16:
         raise PacketError("chaddr is longer than 16 octets")
-    pieces: list[bytes] = []
-    for code, value in items:
-        if len(value) <= 255:
-            pieces += (bytes((code, len(value))), value)
-        else:
-            pieces += option_instances(code, value)
-    pieces.append(b"\xff")
-    body = b"".join(pieces)
+    wire = message.wire_options
+    if wire is not None:
+        body = wire + b"\xff"
+    else:
+        pieces: list[bytes] = []
+        for code, value in _ordered(message.options):
+            if len(value) <= 255:
+                pieces += (bytes((code, len(value))), value)
+            else:
+                pieces += option_instances(code, value)
+        pieces.append(b"\xff")
+        body = b"".join(pieces)
     room = None if max_size is None else max_size - IP_UDP_HEADERS - MIN_SIZE
     if room is not None and len(body) > room:
+        items = _ordered(message.options)
         overload = 0
         # 3 octets for the overload option itself; then file, then sname (RFC 2131 4.1).
         head, rest = _fill(items, room - 3)
@@ -326,10 +363,9 @@ def encode(message: Message, max_size: int | None = None) -> bytes:
         body = bytes((Option.OVERLOAD, 1, overload)) + head
     header = _HEADER.pack(
         message.op, message.htype, len(message.chaddr), message.hops, message.xid & 0xFFFFFFFF,
-        message.secs & 0xFFFF, message.flags & 0xFFFF, message.ciaddr.packed,
-        message.yiaddr.packed, message.siaddr.packed, message.giaddr.packed,
-        message.chaddr.ljust(16, b"\0"), sname.ljust(SNAME_SIZE, b"\0"),
-        file.ljust(FILE_SIZE, b"\0"))
+        message.secs & 0xFFFF, message.flags & 0xFFFF, packed(message.ciaddr),
+        packed(message.yiaddr), packed(message.siaddr), packed(message.giaddr),
+        message.chaddr, sname, file)  # struct pads the last three with NULs
     return header + MAGIC_COOKIE + body
 
 

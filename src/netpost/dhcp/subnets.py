@@ -57,14 +57,22 @@ class Subnet:
     ntp_auto: bool = False  # option 42 = netpost's own address on this link
     name: str = ""  # network text, for logs and the lease table
     reserved_addresses: frozenset[int] = field(default=frozenset())
+    # the network's first and last address as integers (made once: asked per message)
+    first: int = field(init=False, repr=False, compare=False)
+    last: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "first", int(self.network.network_address))
+        object.__setattr__(self, "last", int(self.network.broadcast_address))
 
     def contains(self, address: IPv4Address | int) -> bool:
-        value = int(address)
-        net = self.network
-        return int(net.network_address) <= value <= int(net.broadcast_address)
+        return self.first <= int(address) <= self.last
 
     def in_pool(self, address: int) -> bool:
-        return any(first <= address <= last for first, last in self.ranges)
+        for first, last in self.ranges:
+            if first <= address <= last:
+                return True
+        return False
 
     @property
     def size(self) -> int:
