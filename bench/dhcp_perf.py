@@ -3,6 +3,7 @@
 
 usage: bench/dhcp_perf.py [--runs 3] [--period 5] [--clients 20000]
            [--rates 1000,2000,...] [--servers netpost,kea] [--mode relay|broadcast]
+           [--profile]
 (as root; NETPOST_SRC=DIR measures that source tree, default REPO/src, copied at start)
 
 Issue 9's target: netpost's leases/s at < 1 % drops >= 1.0x Kea's, both measured here.
@@ -27,6 +28,8 @@ The servers, each inside the server namespace:
            below and the per-client / per-relay limits raised out of the way (perfdhcp sends
            from one relay and reuses MACs); leases in DATA/netpost.db, each batch of ACKs
            committed (SQLite WAL, synchronous=FULL: fsync'd) before the ACKs go.
+           --profile: py-spy samples netpost during each point (collapsed stacks by thread,
+           RESULTS/profile-RATE-RUN.txt; summarise with bench/profile_top.py).
   kea      Debian's kea-dhcp4-server, `kea-dhcp4 -c CONF` with its own config in
            $BENCH_ROOT/dhcp-bench/kea (never the system service): the same pool and lease
            time, memfile lease database (persist, its own CSV file, lfc off), raw sockets
@@ -37,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -50,6 +55,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from benchlib import (  # noqa: E402
     BENCH_ROOT,
+    PYSPY,
     append_jsonl,
     listener_names,
     median,
@@ -211,18 +217,37 @@ def perfdhcp(net: NamespacePair, mode: str, rate: int, clients: int, period: int
     return parse_perfdhcp(result.stdout)
 
 
+def profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` (on-CPU, by function and thread) until SIGINT."""
+    if not PYSPY.exists():
+        raise SystemExit(f"--profile needs py-spy at {PYSPY} (pip install py-spy)")
+    proc = subprocess.Popen([str(PYSPY), "record", "--pid", str(pid), "--rate", "200",
+                             "--format", "raw", "--function", "--threads", "--nonblocking",
+                             "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # let it attach
+    return proc
+
+
 def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.Namespace,
-          out: Path) -> tuple[float, list[dict[str, float]]]:
+          out: Path, run: int = 0) -> tuple[float, list[dict[str, float]]]:
     server.start()
     points: list[dict[str, float]] = []
     best = 0.0
     try:
         for rate in rates:
             assert server.proc is not None
+            spy = profiler(server.proc.pid, out / f"profile-{rate}-{run}.txt") \
+                if args.profile and server.name == "netpost" else None
+            load = os.getloadavg()[0]
             cpu = tree_cpu_s(server.proc.pid)
             figures = perfdhcp(net, args.mode, rate, args.clients, args.period,
                                out / f"perfdhcp-{server.name}.log")
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             figures["asked"] = rate
+            figures["load1"] = load  # the machine is shared: what else ran
             # the server's CPU per exchange (robust when other work shares the machine)
             exchanges = figures["REQUEST-ACK sent"]
             figures["cpu_us_per_dora"] = ((tree_cpu_s(server.proc.pid) - cpu) / exchanges * 1e6
@@ -231,7 +256,7 @@ def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.N
             ok = figures["DISCOVER-OFFER"] < 1.0 and figures["REQUEST-ACK"] < 1.0
             note(f"  {server.name:<8} {rate:>6}/s asked: {figures['rate']:>9,.0f} DORA/s, "
                  f"drops {figures['DISCOVER-OFFER']:.2f} % / {figures['REQUEST-ACK']:.2f} %, "
-                 f"{figures['cpu_us_per_dora']:.0f} us CPU per DORA"
+                 f"{figures['cpu_us_per_dora']:.0f} us CPU per DORA, load {load:.1f}"
                  + ("" if ok else "  <- over 1 %"))
             if not ok:
                 break
@@ -249,6 +274,8 @@ def main() -> int:
     p.add_argument("--rates", default=DEFAULT_RATES)
     p.add_argument("--servers", default="netpost,kea")
     p.add_argument("--mode", choices=["relay", "broadcast"], default="relay")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy netpost during each point (see bench/profile_top.py)")
     args = p.parse_args()
     for tool in ("perfdhcp", "kea-dhcp4", "ip"):
         if shutil.which(tool) is None:
@@ -276,7 +303,7 @@ def main() -> int:
         order = names[run % len(names):] + names[:run % len(names)]
         for name in order:
             note(f"run {run + 1}/{args.runs}: {name}")
-            figure, points = climb(net, servers[name], rates, args, out)
+            figure, points = climb(net, servers[name], rates, args, out, run)
             best[name].append(figure)
             cpu[name] += [p["cpu_us_per_dora"] for p in points
                           if p["DISCOVER-OFFER"] < 1.0 and p["REQUEST-ACK"] < 1.0]
