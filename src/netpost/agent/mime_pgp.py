@@ -13,7 +13,7 @@ from email.policy import SMTP
 import pysequoia
 
 from netpost.agent import AgentError
-from netpost.agent.pgp import Keyring, cert_label, first_line
+from netpost.agent.pgp import Keyring, cert_label, first_line, key_ids_of
 from netpost.agent.render import parse
 
 # Content fields move into the protected part; the rest stay outside (RFC 3156 5, 4).
@@ -180,6 +180,12 @@ def decrypt(msg: EmailMessage, keyring: Keyring) -> Opened:
     secrets = keyring.secret_keys()
     if not secrets:
         raise AgentError("the message is encrypted and the key ring has no secret key")
+    recipients = _recipient_key_ids(ciphertext)
+    if recipients is not None:  # only the keys it is for: no passphrase asked for others
+        secrets = [t for t in secrets if key_ids_of(t.extract_certificate()) & recipients]
+        if not secrets:
+            raise AgentError("cannot decrypt: it is not encrypted to any secret key in the "
+                             f"key ring (but to {', '.join(sorted(recipients)).upper()})")
     last_error = "no secret key in the key ring can decrypt it"
     for tsk in secrets:
         keyring.asked.clear()
@@ -206,11 +212,31 @@ def decrypt(msg: EmailMessage, keyring: Keyring) -> Opened:
     raise AgentError(f"cannot decrypt: {last_error}")
 
 
+def _recipient_key_ids(ciphertext: bytes) -> set[str] | None:
+    """The key IDs (lowercase hex) the message's PKESKs name, or None when that is not
+    known (a wildcard ID, a form this does not read): then every secret key is tried."""
+    from netpost.agent.inner import dearmor
+    from netpost.agent.rfc4880 import TAG_PKESK, FormatError, packets
+
+    try:
+        found = [p.body for p in packets(dearmor(ciphertext), partial=True)
+                 if p.tag == TAG_PKESK]
+    except FormatError:
+        return None
+    ids = set()
+    for body in found:
+        if len(body) < 9 or body[0] != 3 or body[1:9] == b"\0" * 8:
+            return None
+        ids.add(body[1:9].hex())
+    return ids or None
+
+
 def _decrypted_unverified(ciphertext: bytes, tsk: pysequoia.Tsk,
                           decryptor: pysequoia.PyDecryptor, keyring: Keyring,
                           why: str) -> Opened:
     """pysequoia's decrypt with a `store` insists on a good signature, and cannot check one
-    inside compressed data (GnuPG compresses by default): sort out which case this was."""
+    inside compressed data (GnuPG compresses by default): sort out which case this was, and
+    check the compressed kind with `inner`."""
     asked, found = set(keyring.asked), list(keyring.found)
     compressed = "Unexpected message structure" in why
     if found and not compressed:  # we had the signer's key and the signature did not hold
@@ -224,12 +250,43 @@ def _decrypted_unverified(ciphertext: bytes, tsk: pysequoia.Tsk,
     notes = [f"PGP: decrypted with {cert_label(tsk.extract_certificate())}"]
     signer = ", ".join(sorted(asked)).upper()
     if asked and compressed:
-        notes.append(f"PGP: signed by key {signer} inside compressed data, which netpost "
-                     "cannot check yet (pysequoia): NOT verified")
+        notes.append(_check_compressed(ciphertext, tsk, keyring, result.bytes, signer))
     elif asked:
         notes.append(f"PGP: signed by key {signer}, which is not in the key ring: NOT "
                      "verified")
     return _inner(result.bytes, notes, keyring)
+
+
+def _check_compressed(ciphertext: bytes, tsk: pysequoia.Tsk, keyring: Keyring, plain: bytes,
+                      signer: str) -> str:
+    """The note on a signature inside compressed data: `inner` takes the signed message out
+    of the encryption and pysequoia checks it; it counts only over exactly the content
+    pysequoia's decryption gave."""
+    from netpost.agent.inner import signed_inner
+    from netpost.agent.rfc4880 import FormatError
+
+    passphrase = keyring.passphrases.get(tsk.extract_certificate().fingerprint)
+    try:
+        signed = signed_inner(ciphertext, bytes(tsk), passphrase, len(plain) + (1 << 20))
+    except (FormatError, ValueError) as exc:
+        return (f"PGP: signed by key {signer} inside compressed data, which netpost could not "
+                f"take out ({exc}): NOT verified")
+    keyring.asked.clear()
+    keyring.found.clear()
+    try:
+        checked = pysequoia.verify(bytes=signed, store=keyring.lookup)
+    except RuntimeError as exc:
+        if not keyring.found:
+            return f"PGP: signed by key {signer}, which is not in the key ring: NOT verified"
+        if "Unexpected message structure" in str(exc):
+            return (f"PGP: signed by key {signer} in a message structure netpost does not "
+                    "check: NOT verified")
+        raise AgentError(f"BAD signature in the encrypted message, claiming to be from "
+                         f"{cert_label(keyring.found[0])}") from None
+    if checked.bytes != plain:
+        return (f"PGP: signed by key {signer}, but the signed content is not the decrypted "
+                "content: NOT verified")
+    return f"PGP: good signature from {_signer(checked, keyring)}"
 
 
 def _inner(plain: bytes, notes: list[str], keyring: Keyring) -> Opened:

@@ -78,6 +78,8 @@ class Keyring:
     passphrase_command: str | None = None
     asked: set[str] = field(default_factory=set)
     found: list[pysequoia.Cert] = field(default_factory=list)
+    # the passphrase that unlocked a secret key, by fingerprint (for `inner`)
+    passphrases: dict[str, str] = field(default_factory=dict)
 
     @property
     def cert_dir(self) -> Path:
@@ -273,10 +275,13 @@ class Keyring:
         except RuntimeError as exc:
             if "encrypted" not in str(exc):
                 raise AgentError(f"{label}: {first_line(exc)}") from None
+        passphrase = self.passphrase(label)
         try:
-            return make(self.passphrase(label))
+            made = make(passphrase)
         except RuntimeError:
             raise AgentError(f"wrong passphrase for the secret key {label}") from None
+        self.passphrases[tsk.extract_certificate().fingerprint] = passphrase
+        return made
 
     def signer(self, address: str) -> pysequoia.PySigner:
         tsk = self.secret_for(address)
