@@ -1,0 +1,58 @@
+"""A DHCP server's batch of leases in the SQLite store: one transaction however many rows
+(several multi-row INSERTs), the last word for an address wins, all or nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from netpost.store.embedded import open_stores
+from netpost.store.interfaces import Lease
+from netpost.store.sqlleases import ROWS_PER_INSERT
+
+
+def v4(n: int, client: bytes = b"hw:\x01c", expires: float = 3700.0) -> Lease:
+    return Lease(f"10.99.{n // 256}.{n % 256}", client, "bound", 100.0, expires,
+                 hardware="02:00:00:00:00:01", subnet="10.99.0.0/16",
+                 relay="10.99.0.2")
+
+
+def test_a_batch_longer_than_one_insert_is_stored_whole(tmp_path: Path) -> None:
+    stores = open_stores(tmp_path)
+    try:
+        batch = [v4(n) for n in range(ROWS_PER_INSERT * 2 + 7)]
+        batch.append(Lease("2001:db8::5", b"\x00\x03\x00\x01duid", "bound", 1.0, 2.0, iaid=3))
+        stores.leases.commit_leases(batch)
+        assert sorted(stores.leases.load_leases(4), key=lambda x: x.address) == sorted(
+            batch[:-1], key=lambda x: x.address)
+        assert stores.leases.load_leases(6) == [batch[-1]]
+    finally:
+        stores.close()
+
+
+def test_the_last_lease_of_an_address_in_a_batch_wins(tmp_path: Path) -> None:
+    stores = open_stores(tmp_path)
+    try:
+        # a lease, its release and a new client's lease of the address, in one batch, and
+        # the same across the boundary between two INSERTs
+        first, second = v4(1, b"hw:\x01a"), v4(1, b"hw:\x01b", 4000.0)
+        filler = [v4(n) for n in range(10, 10 + ROWS_PER_INSERT)]
+        stores.leases.commit_leases([first, second, *filler, v4(1, b"hw:\x01z", 5000.0)])
+        assert stores.leases.get_lease("10.99.0.1") == v4(1, b"hw:\x01z", 5000.0)
+    finally:
+        stores.close()
+
+
+def test_a_bad_row_stores_none_of_the_batch(tmp_path: Path) -> None:
+    stores = open_stores(tmp_path)
+    try:
+        bad = Lease("10.99.9.9", b"x", "nonsense", 1.0, 2.0)  # type: ignore[arg-type]
+        batch = [v4(n) for n in range(ROWS_PER_INSERT + 3)] + [bad]
+        with pytest.raises(Exception):  # noqa: B017 - sqlite3.IntegrityError, a CHECK
+            stores.leases.commit_leases(batch)
+        assert stores.leases.load_leases(4) == []
+        stores.leases.commit_leases([v4(1)])  # the connection is usable again
+        assert len(stores.leases.load_leases(4)) == 1
+    finally:
+        stores.close()
