@@ -173,3 +173,20 @@ def test_admin_changes_are_looked_for_once_per_interval_and_filtered() -> None:
     admin.interval = 0.0
     assert [x.address for x in admin.poll()] == ["10.0.0.2"]
     assert admin.poll() == []  # nothing new since
+
+
+def test_a_big_batch_goes_out_paced_in_order() -> None:
+    async def main() -> None:
+        listener, leases = FakeListener(), FakeLeases()
+        c = committer(listener, leases, gather_time=0.0, send_slice=10, send_pause=0.01)
+        for i in range(35):
+            c.hold([lease(f"10.0.1.{i}")], b"%d" % i, ("relay", 67))
+        c.flush()
+        while not listener.sent:
+            await asyncio.sleep(0.001)
+        assert len(listener.sent) == 10  # the first slice at once, the rest paced
+        assert leases.transactions and len(leases.transactions[0]) == 35
+        await listener.idle()
+        assert [d for d, _ in listener.sent] == [b"%d" % i for i in range(35)]
+
+    asyncio.run(main())

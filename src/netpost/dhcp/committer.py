@@ -10,6 +10,11 @@ Replies held while a transaction runs go in the next one -- so a burst of reques
 fsyncs, not one each.  When a transaction fails, its replies are never sent (the clients ask
 again) and the failure is counted and logged.
 
+A committed batch can be a few hundred replies, and a relay agent (or perfdhcp) takes them
+all on one socket: sent in one go they overflowed its receive buffer.  They go out paced
+instead, `send_slice` at a time with `send_pause` between (by their own task, so the next
+transaction does not wait for them).
+
 `AdminChanges.poll()` returns, at most once per `interval`, the leases an administrator
 changed since the last look (`netpost leases release`), for the handler to apply to its
 engine.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +36,8 @@ log = logging.getLogger("netpost.dhcp")
 
 GATHER_TIME = 0.005  # seconds a commit waits for more leases to join it...
 GATHER_ENOUGH = 64  # ...unless this many replies are waiting already
+SEND_SLICE = 24  # replies of a committed batch sent at once...
+SEND_PAUSE = 0.001  # ...then this pause, while the loop reads and answers what came meanwhile
 SYNC_INTERVAL = 1.0  # seconds between looks for leases the command line changed
 RECENT_BATCHES = 64  # commit sizes kept for the counters
 
@@ -47,16 +55,21 @@ class LeaseCommitter:
     """Replies held until their leases are committed, a batch per transaction."""
 
     def __init__(self, leases: Leases, listener: DatagramListener, name: str = "dhcp", *,
-                 gather_time: float = GATHER_TIME, gather_enough: int = GATHER_ENOUGH) -> None:
+                 gather_time: float = GATHER_TIME, gather_enough: int = GATHER_ENOUGH,
+                 send_slice: int = SEND_SLICE, send_pause: float = SEND_PAUSE) -> None:
         self.leases = leases
         self.listener = listener
         self.name = name  # for the log: "dhcp" or "dhcp6"
         self.gather_time = gather_time
         self.gather_enough = gather_enough
+        self.send_slice = max(1, send_slice)
+        self.send_pause = send_pause
         self.counters = CommitCounters()
         self._held: list[Lease] = []
         self._replies: list[tuple[bytes | None, tuple[str, int] | None]] = []
         self._committing = False
+        self._outbox: deque[tuple[bytes, tuple[str, int]]] = deque()  # committed, not sent
+        self._sending = False
 
     def hold(self, leases: Sequence[Lease], reply: bytes | None,
              destination: tuple[str, int] | None) -> None:
@@ -106,12 +119,33 @@ class LeaseCommitter:
                 counters.committed += len(leases)
                 counters.batches = [*counters.batches[-(RECENT_BATCHES - 1):], len(leases)]
                 counters.replies_waiting -= len(replies)
-                send = self.listener.send
-                for data, destination in replies:
-                    if data is not None and destination is not None:
-                        send(data, destination)
+                self._outbox.extend((data, destination) for data, destination in replies
+                                    if data is not None and destination is not None)
+                self._send_some()
         finally:
             self._committing = False
+
+    def _send_some(self) -> None:
+        """Send the first slice of the committed replies now; the rest by the pacing task."""
+        outbox, send = self._outbox, self.listener.send
+        for _ in range(min(self.send_slice, len(outbox))):
+            send(*outbox.popleft())
+        if outbox and not self._sending:
+            self._sending = True
+            if not self.listener.spawn(self._send_paced()):
+                self._sending = False
+                while outbox:  # no task to be had (stopping): all at once, as before
+                    send(*outbox.popleft())
+
+    async def _send_paced(self) -> None:
+        outbox, send = self._outbox, self.listener.send
+        try:
+            while outbox:
+                await asyncio.sleep(self.send_pause)
+                for _ in range(min(self.send_slice, len(outbox))):
+                    send(*outbox.popleft())
+        finally:
+            self._sending = False
 
 
 class AdminChanges:
