@@ -217,6 +217,20 @@ def perfdhcp(net: NamespacePair, mode: str, rate: int, clients: int, period: int
     return parse_perfdhcp(result.stdout)
 
 
+def udp_errors(net: NamespacePair) -> dict[str, int]:
+    """UDP buffer errors so far in each namespace (/proc/net/snmp): where datagrams were
+    lost -- the receiver's socket buffer full (RcvbufErrors) or the sender's (SndbufErrors)."""
+    found: dict[str, int] = {}
+    for side, run in (("server", net.server), ("client", net.client)):
+        lines = [line.split() for line in run("cat", "/proc/net/snmp").stdout.splitlines()
+                 if line.startswith("Udp:")]
+        if len(lines) >= 2:
+            for name, value in zip(lines[0][1:], lines[1][1:], strict=False):
+                if name in ("RcvbufErrors", "SndbufErrors"):
+                    found[f"{side} {name}"] = int(value)
+    return found
+
+
 def profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """py-spy sampling `pid` (on-CPU, by function and thread) until SIGINT."""
     if not PYSPY.exists():
@@ -240,6 +254,7 @@ def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.N
             spy = profiler(server.proc.pid, out / f"profile-{rate}-{run}.txt") \
                 if args.profile and server.name == "netpost" else None
             load = os.getloadavg()[0]
+            errors = udp_errors(net)
             cpu = tree_cpu_s(server.proc.pid)
             figures = perfdhcp(net, args.mode, rate, args.clients, args.period,
                                out / f"perfdhcp-{server.name}.log")
@@ -248,6 +263,8 @@ def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.N
                 spy.wait(30)
             figures["asked"] = rate
             figures["load1"] = load  # the machine is shared: what else ran
+            lost = {k: v - errors.get(k, 0) for k, v in udp_errors(net).items()}
+            figures.update(lost)
             # the server's CPU per exchange (robust when other work shares the machine)
             exchanges = figures["REQUEST-ACK sent"]
             figures["cpu_us_per_dora"] = ((tree_cpu_s(server.proc.pid) - cpu) / exchanges * 1e6
@@ -257,6 +274,7 @@ def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.N
             note(f"  {server.name:<8} {rate:>6}/s asked: {figures['rate']:>9,.0f} DORA/s, "
                  f"drops {figures['DISCOVER-OFFER']:.2f} % / {figures['REQUEST-ACK']:.2f} %, "
                  f"{figures['cpu_us_per_dora']:.0f} us CPU per DORA, load {load:.1f}"
+                 + "".join(f", {k} {v}" for k, v in lost.items() if v)
                  + ("" if ok else "  <- over 1 %"))
             if not ok:
                 break
