@@ -216,12 +216,12 @@ def _recipient_key_ids(ciphertext: bytes) -> set[str] | None:
     """The key IDs (lowercase hex) the message's PKESKs name, or None when that is not
     known (a wildcard ID, a form this does not read): then every secret key is tried."""
     from netpost.agent.inner import dearmor
-    from netpost.agent.rfc4880 import TAG_PKESK, FormatError, packets
+    from netpost.agent.rfc4880 import TAG_PKESK, packets
 
     try:
         found = [p.body for p in packets(dearmor(ciphertext), partial=True)
                  if p.tag == TAG_PKESK]
-    except FormatError:
+    except ValueError:  # FormatError among them
         return None
     ids = set()
     for body in found:
@@ -262,13 +262,15 @@ def _check_compressed(ciphertext: bytes, tsk: pysequoia.Tsk, keyring: Keyring, p
     """The note on a signature inside compressed data: `inner` takes the signed message out
     of the encryption and pysequoia checks it; it counts only over exactly the content
     pysequoia's decryption gave."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     from netpost.agent.inner import signed_inner
     from netpost.agent.rfc4880 import FormatError
 
     passphrase = keyring.passphrases.get(tsk.extract_certificate().fingerprint)
     try:
         signed = signed_inner(ciphertext, bytes(tsk), passphrase, len(plain) + (1 << 20))
-    except (FormatError, ValueError) as exc:
+    except (FormatError, ValueError, UnsupportedAlgorithm) as exc:
         return (f"PGP: signed by key {signer} inside compressed data, which netpost could not "
                 f"take out ({exc}): NOT verified")
     keyring.asked.clear()
