@@ -49,6 +49,8 @@ class CommitCounters:
     commit_failures: int = 0
     replies_waiting: int = 0  # replies waiting for their commit now
     batches: list[int] = field(default_factory=list)  # recent commit sizes (leases)
+    commit_seconds: float = 0.0  # time in transactions (thread hand-off included)
+    slowest_commit: float = 0.0  # the longest, in seconds
 
 
 class LeaseCommitter:
@@ -106,6 +108,7 @@ class LeaseCommitter:
                     await asyncio.sleep(self.gather_time)
                 leases, self._held = self._held, []
                 replies, self._replies = self._replies, []
+                started = time.monotonic()
                 try:
                     if leases:
                         await asyncio.to_thread(self.leases.commit_leases, leases)
@@ -115,6 +118,9 @@ class LeaseCommitter:
                     log.exception("%s: %d leases not committed; their replies are not sent "
                                   "(the clients will ask again)", self.name, len(leases))
                     continue
+                took = time.monotonic() - started
+                counters.commit_seconds += took
+                counters.slowest_commit = max(counters.slowest_commit, took)
                 counters.commits += 1
                 counters.committed += len(leases)
                 counters.batches = [*counters.batches[-(RECENT_BATCHES - 1):], len(leases)]

@@ -37,6 +37,7 @@ from netpost.dhcp.packet import (
     Option,
     client_key,
     encode_options,
+    make_message,
     option_instances,
     printable,
     relay_suboptions,
@@ -66,7 +67,7 @@ class BindingState(enum.Enum):
     EXPIRED = "expired"  # seen expired at start
 
 
-@dataclass
+@dataclass(slots=True)  # one per address in use: tens of thousands, no __dict__ each
 class Binding:
     address: int
     client: bytes  # packet.client_key: the identity the binding belongs to
@@ -665,9 +666,9 @@ class DHCPEngine:
                     wire_options += b"".join(
                         option_instances(Option.RELAY_AGENT_INFORMATION, agent))
         self._count_sent(kind)
-        return Message(BOOTREPLY, message.xid, message.chaddr, message.htype, 0, 0,
-                       message.flags, message.ciaddr if kind is MessageType.ACK else ZERO,
-                       yiaddr, ZERO, message.giaddr, b"", b"", options, wire_options)
+        return make_message(BOOTREPLY, message.xid, message.chaddr, message.htype, 0, 0,
+                            message.flags, message.ciaddr if kind is MessageType.ACK else ZERO,
+                            yiaddr, ZERO, message.giaddr, b"", b"", options, wire_options)
 
     def _block(self, kind: MessageType, lease_time: int | None, subnet: Subnet, wanted: bytes,
                link: Link) -> tuple[dict[int, bytes], bytes]:

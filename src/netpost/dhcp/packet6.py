@@ -25,6 +25,7 @@ import enum
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv6Address
 
 from netpost.dhcp.options import domain_labels
@@ -58,6 +59,7 @@ class MessageType(enum.IntEnum):
 
 
 RELAY_TYPES = frozenset((MessageType.RELAY_FORW, MessageType.RELAY_REPL))
+_KINDS = {int(kind): kind for kind in MessageType}
 
 
 class Option(enum.IntEnum):
@@ -109,6 +111,7 @@ class Status(enum.IntEnum):
 # code -> octets of fixed fields.
 NESTING = {Option.IA_NA: 12, Option.IA_TA: 4, Option.IAADDR: 24, Option.IA_PD: 12,
            Option.IAPREFIX: 25}
+_NESTING: dict[int, int] = {int(code): fixed for code, fixed in NESTING.items()}
 
 INFINITY = 0xFFFFFFFF  # RFC 8415 7.7: a lifetime that never ends
 
@@ -131,12 +134,13 @@ def parse_options(data: bytes, depth: int = 0, nesting: bool = True) -> Options:
     while i < n:
         if i + 4 > n:
             raise PacketError(f"{n - i} octets left where an option header (4) should be")
-        code, length = struct.unpack_from("!HH", data, i)
+        code = data[i] << 8 | data[i + 1]
+        length = data[i + 2] << 8 | data[i + 3]
         end = i + 4 + length
         if end > n:
             raise PacketError(f"option {code} runs past the end ({length} octets)")
         value = data[i + 4:end]
-        fixed = NESTING.get(code) if nesting else None
+        fixed = _NESTING.get(code) if nesting else None
         if fixed is not None:
             if length < fixed:
                 raise PacketError(f"option {code} is shorter than its fixed fields ({fixed})")
@@ -148,13 +152,16 @@ def parse_options(data: bytes, depth: int = 0, nesting: bool = True) -> Options:
     return tuple(out)
 
 
+_OPTION_HEADER = struct.Struct("!HH")
+
+
 def encode_options(options: Iterable[tuple[int, bytes]]) -> bytes:
     parts: list[bytes] = []
+    header = _OPTION_HEADER.pack
     for code, value in options:
         if len(value) > 0xFFFF:
             raise PacketError(f"option {code} is longer than 65535 octets")
-        parts.append(struct.pack("!HH", code, len(value)))
-        parts.append(value)
+        parts += (header(code, len(value)), value)
     return b"".join(parts)
 
 
@@ -182,10 +189,7 @@ class Message:
 
     @property
     def kind(self) -> MessageType | None:
-        try:
-            return MessageType(self.msg_type)
-        except ValueError:
-            return None
+        return _KINDS.get(self.msg_type)
 
     def option(self, code: int) -> bytes | None:
         return first(self.options, code)
@@ -196,11 +200,11 @@ class Message:
     def has(self, code: int) -> bool:
         return any(c == code for c, _ in self.options)
 
-    @property
+    @cached_property
     def client_id(self) -> bytes | None:
-        return self.option(Option.CLIENTID)
+        return self.option(Option.CLIENTID)  # asked for often: looked for once
 
-    @property
+    @cached_property
     def server_id(self) -> bytes | None:
         return self.option(Option.SERVERID)
 

@@ -139,9 +139,18 @@ _STATES: dict[str, LeaseState] = {"bound": "bound", "released": "released",
                                   "declined": "declined", "expired": "expired"}
 
 
+def address_text6(address: IPv6Address) -> str:
+    """str(address) (RFC 5952's form, as the lease table keys rows), by inet_ntop: the same
+    text for every address but the IPv4-mapped and -compatible ones, which ipaddress writes
+    in hex."""
+    text = socket.inet_ntop(socket.AF_INET6, address.packed)
+    return str(address) if "." in text else text
+
+
 def to_lease(record: LeaseRecord6) -> Lease:
     mac = p6.duid_link_layer_address(record.duid)
-    return Lease(address=str(record.address), client=record.duid, state=_STATES[record.state],
+    return Lease(address=address_text6(record.address), client=record.duid,
+                 state=_STATES[record.state],
                  starts=record.starts, expires=record.expires, iaid=record.iaid,
                  hardware=mac.hex(":") if mac else "", hostname=record.hostname,
                  subnet=record.subnet, relay=record.relay)
@@ -174,6 +183,7 @@ class DHCP6Handler(DatagramHandler):
         self.counters = DHCP6Counters()
         self.committer = LeaseCommitter(leases, listener, "dhcp6")
         self._admin = AdminChanges(leases, 6, "dhcp6")
+        self._multicast: dict[str, bool] = {}  # destination address -> a group?
 
     def open_socket(self) -> socket.socket:
         address = self.listener.spec.address
@@ -184,9 +194,18 @@ class DHCP6Handler(DatagramHandler):
     def receive(self, batch: list[Datagram]) -> None:
         now = time.time()
         self._sync_external(now)
+        multicast = self._multicast
         for datagram in batch:
-            unicast = datagram.destination is not None and \
-                not IPv6Address(datagram.destination).is_multicast
+            destination = datagram.destination
+            unicast = False
+            if destination is not None:
+                group = multicast.get(destination)
+                if group is None:
+                    if len(multicast) >= 64:
+                        multicast.clear()
+                    group = multicast[destination] = IPv6Address(
+                        destination.partition("%")[0]).is_multicast
+                unicast = not group
             try:
                 message = p6.decode(datagram.data)
                 outcome = self.engine.handle(message, datagram.peer[0], self.link, now, unicast)

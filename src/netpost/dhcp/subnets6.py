@@ -64,14 +64,22 @@ class Subnet6:
     unicast: IPv6Address | None = None
     name: str = ""
     reserved_addresses: frozenset[int] = field(default=frozenset())
+    # the prefix's first and last address as integers (made once: asked per message)
+    first: int = field(init=False, repr=False, compare=False)
+    last: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "first", int(self.prefix.network_address))
+        object.__setattr__(self, "last", int(self.prefix.broadcast_address))
 
     def contains(self, address: IPv6Address | int) -> bool:
-        value = int(address)
-        net = self.prefix
-        return int(net.network_address) <= value <= int(net.broadcast_address)
+        return self.first <= int(address) <= self.last
 
     def in_pool(self, address: int) -> bool:
-        return any(first <= address <= last for first, last in self.ranges)
+        for first, last in self.ranges:
+            if first <= address <= last:
+                return True
+        return False
 
     @property
     def size(self) -> int:
