@@ -425,3 +425,21 @@ def versions(*peer_scripts: str) -> dict[str, str]:
     for s in peer_scripts:
         v[s] = peer(s, "version", check=False)
     return v
+
+
+def udp_buffer_errors(snmp: str, side: str) -> dict[str, int]:
+    """UDP datagrams lost to full socket buffers so far, from the text of /proc/net/snmp or
+    /proc/net/snmp6 (read inside a network namespace: its own counters): {"SIDE
+    RcvbufErrors": n, "SIDE SndbufErrors": n}.  Where a UDP benchmark's drops happen: in the
+    receiver's socket buffer, not in the server that answered."""
+    found: dict[str, int] = {}
+    for line in snmp.splitlines():  # snmp6: "Udp6RcvbufErrors   12"
+        fields = line.split()
+        if len(fields) == 2 and fields[0] in ("Udp6RcvbufErrors", "Udp6SndbufErrors"):
+            found[f"{side} {fields[0][4:]}"] = int(fields[1])
+    lines = [line.split() for line in snmp.splitlines() if line.startswith("Udp:")]
+    if len(lines) >= 2:
+        for name, value in zip(lines[0][1:], lines[1][1:], strict=False):
+            if name in ("RcvbufErrors", "SndbufErrors"):
+                found[f"{side} {name}"] = int(value)
+    return found

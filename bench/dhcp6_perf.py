@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -58,6 +59,7 @@ from benchlib import (  # noqa: E402
     snapshot_src,
     table,
     tree_cpu_s,
+    udp_buffer_errors,
     versions,
 )
 
@@ -204,6 +206,12 @@ def parse_perfdhcp(out: str) -> dict[str, float]:
     return figures
 
 
+def udp_errors(net: NamespacePair) -> dict[str, int]:
+    """UDP buffer errors so far in each namespace (where datagrams were lost)."""
+    return {**udp_buffer_errors(net.server("cat", "/proc/net/snmp6").stdout, "server"),
+            **udp_buffer_errors(net.client("cat", "/proc/net/snmp6").stdout, "client")}
+
+
 def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.Namespace,
           out: Path) -> tuple[float, list[dict[str, float]]]:
     server.start()
@@ -212,6 +220,8 @@ def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.N
     try:
         for rate in rates:
             assert server.proc is not None
+            load = os.getloadavg()[0]
+            errors = udp_errors(net)
             cpu = tree_cpu_s(server.proc.pid)
             argv = ["perfdhcp", "-6", "-l", net.client_if, "-r", str(rate), "-R",
                     str(args.clients), "-p", str(args.period), "-W", "500000"]
@@ -220,6 +230,9 @@ def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.N
                 f.write(f"$ {' '.join(argv)}\n{result.stdout}\n{result.stderr}\n")
             figures = parse_perfdhcp(result.stdout)
             figures["asked"] = rate
+            figures["load1"] = load  # the machine is shared: what else ran
+            lost = {k: v - errors.get(k, 0) for k, v in udp_errors(net).items()}
+            figures.update(lost)
             exchanges = figures["REQUEST-REPLY sent"]
             figures["cpu_us_per_exchange"] = (
                 (tree_cpu_s(server.proc.pid) - cpu) / exchanges * 1e6 if exchanges else 0.0)
@@ -227,7 +240,8 @@ def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.N
             ok = all(figures[e] < 1.0 for e in EXCHANGES)
             note(f"  {server.name:<8} {rate:>6}/s asked: {figures['rate']:>9,.0f} /s, "
                  f"drops {figures[EXCHANGES[0]]:.2f} % / {figures[EXCHANGES[1]]:.2f} %, "
-                 f"{figures['cpu_us_per_exchange']:.0f} us CPU per exchange"
+                 f"{figures['cpu_us_per_exchange']:.0f} us CPU per exchange, load {load:.1f}"
+                 + "".join(f", {k} {v}" for k, v in lost.items() if v)
                  + ("" if ok else "  <- over 1 %"))
             if not ok:
                 break

@@ -68,6 +68,7 @@ from benchlib import (  # noqa: E402
     snapshot_src,
     table,
     tree_cpu_s,
+    udp_buffer_errors,
     versions,
 )
 
@@ -218,17 +219,10 @@ def perfdhcp(net: NamespacePair, mode: str, rate: int, clients: int, period: int
 
 
 def udp_errors(net: NamespacePair) -> dict[str, int]:
-    """UDP buffer errors so far in each namespace (/proc/net/snmp): where datagrams were
-    lost -- the receiver's socket buffer full (RcvbufErrors) or the sender's (SndbufErrors)."""
-    found: dict[str, int] = {}
-    for side, run in (("server", net.server), ("client", net.client)):
-        lines = [line.split() for line in run("cat", "/proc/net/snmp").stdout.splitlines()
-                 if line.startswith("Udp:")]
-        if len(lines) >= 2:
-            for name, value in zip(lines[0][1:], lines[1][1:], strict=False):
-                if name in ("RcvbufErrors", "SndbufErrors"):
-                    found[f"{side} {name}"] = int(value)
-    return found
+    """UDP buffer errors so far in each namespace: where datagrams were lost -- the
+    receiver's socket buffer full (RcvbufErrors) or the sender's (SndbufErrors)."""
+    return {**udp_buffer_errors(net.server("cat", "/proc/net/snmp").stdout, "server"),
+            **udp_buffer_errors(net.client("cat", "/proc/net/snmp").stdout, "client")}
 
 
 def profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
