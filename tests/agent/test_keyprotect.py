@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 import zlib
+from pathlib import Path
 
 import pysequoia
 import pytest
@@ -16,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from netpost.agent import AgentError
 from netpost.agent.inner import _inflate, dearmor
 from netpost.agent.keyprotect import protect, secret_fields
+from netpost.agent.pgp import Keyring
 from netpost.agent.rfc4880 import (
     TAG_SECRET_KEY,
     TAG_SECRET_SUBKEY,
@@ -40,6 +43,7 @@ def test_cfb_matches_the_reference_mode(size: int) -> None:
 
 def test_s2k() -> None:
     assert s2k_count(0xFF) == 65011712 and s2k_count(0x60) == 65536
+    assert s2k_count(0x00) == 1024 and s2k_count(0x9F) == 31 << 15
     # a count below salt+passphrase hashes them once whole; two contexts for a 32-octet
     # key from SHA-1, the second preloaded with one zero octet (RFC 4880 3.7.1.1)
     import hashlib
@@ -114,3 +118,88 @@ def test_dearmor_and_inflate_limits() -> None:
         _inflate(b"\x02" + bomb, 10_000)
     with pytest.raises(FormatError, match="damaged"):
         _inflate(b"\x02" + b"not zlib", 10_000)
+
+
+def test_secret_key_files_are_written_atomically_0600(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale temporary file, or a symlink planted where the old code put it, is neither
+    reused (its mode kept) nor followed; the file appears whole, 0600, nothing left over."""
+    ring = Keyring(tmp_path / "ring")
+    secret_dir = ring.secret_dir
+    secret_dir.mkdir(parents=True, mode=0o700)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    old = os.umask(0)  # even with a permissive umask
+    try:
+        made = ring.generate("W <w@example.test>", "pw")
+    finally:
+        os.umask(old)
+    fpr = made.extract_certificate().fingerprint
+    path = secret_dir / f"{fpr}.pgp"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((ring.cert_dir / f"{fpr}.pgp").stat().st_mode) == 0o644
+    assert [p.name for p in secret_dir.iterdir()] == [f"{fpr}.pgp"]
+    # a symlink where the old code put its temporary file: not followed
+    (secret_dir / f"{fpr}.tmp").symlink_to(target)
+    stale = secret_dir / "OTHER.tmp"
+    stale.write_bytes(b"")
+    stale.chmod(0o644)
+    ring._write(path, path.read_bytes(), 0o600)
+    ring._write(secret_dir / "OTHER.pgp", b"secret", 0o600)
+    assert target.read_bytes() == b""
+    assert stat.S_IMODE((secret_dir / "OTHER.pgp").stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    (secret_dir / f"{fpr}.tmp").unlink()
+    (secret_dir / "OTHER.pgp").unlink()
+    stale.unlink()
+    # protected on disk: the secret key packets carry S2K usage 254
+    for p in packets(path.read_bytes()):
+        if p.tag in (TAG_SECRET_KEY, TAG_SECRET_SUBKEY):
+            with pytest.raises(FormatError, match="no passphrase"):
+                secret_fields(p.body, None)
+    # a failed write leaves the old file and no temporary one
+    before = path.read_bytes()
+
+    class Boom(Exception):
+        pass
+
+    def failing_fsync(fd: int) -> None:
+        raise Boom
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(Boom):
+        ring._write(path, b"half", 0o600)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert not [p for p in secret_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_a_good_note_needs_a_valid_signature_and_the_same_content(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """_check_compressed says "good" only when pysequoia.verify found a valid signature and
+    its content is exactly what pysequoia's decryption gave."""
+    from types import SimpleNamespace
+
+    from netpost.agent import inner, mime_pgp
+
+    ring = Keyring(tmp_path / "ring")
+    tsk = pysequoia.Tsk.generate("G <g@example.test>", profile=pysequoia.Profile.RFC4880)
+    cert = tsk.extract_certificate()
+    monkeypatch.setattr(inner, "signed_inner", lambda *_: b"inner")
+    monkeypatch.setattr(ring, "certs", lambda: [cert])
+
+    def verifying(valid: list[object], content: bytes | None) -> None:
+        def fake(**kwargs: object) -> SimpleNamespace:
+            ring.lookup([cert.fingerprint])
+            return SimpleNamespace(valid_sigs=valid, bytes=content)
+
+        monkeypatch.setattr(mime_pgp.pysequoia, "verify", fake)
+
+    good = SimpleNamespace(certificate=cert.fingerprint)
+    for valid, content, expected in (([], b"shown", "NOT verified"),
+                                     ([good], b"other", "NOT verified"),
+                                     ([good], None, "NOT verified"),
+                                     ([good], b"shown", "good signature from G")):
+        verifying(valid, content)
+        note = mime_pgp._check_compressed(b"", tsk, ring, b"shown", "ABCD")
+        assert expected in note, (valid, content, note)

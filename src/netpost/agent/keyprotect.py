@@ -14,29 +14,39 @@ itself (`inner.py`); it reads what GnuPG exports too (AES, SHA-1 or SHA-2 S2K).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 
 from netpost.agent import AgentError
 from netpost.agent.rfc4880 import (
     AES_KEY_SIZES,
-    HASHES,
+    S2K_ITERATED_SALTED,
     TAG_SECRET_KEY,
     TAG_SECRET_SUBKEY,
     FormatError,
     cfb_decrypt,
     cfb_encrypt,
+    checksum16,
     header,
     packets,
     public_fields,
+    read_s2k,
     s2k_count,
     s2k_key,
 )
 
 S2K_USAGE_SHA1, S2K_USAGE_CHECKSUM = 254, 255
 SYM_AES256 = 9
-S2K_SIMPLE, S2K_SALTED, S2K_ITERATED_SALTED = 0, 1, 3
 HASH_SHA256 = 8
 COUNT_OCTET = 0xFF  # 65,011,712 octets hashed: the most RFC 4880 can say, Sequoia's choice
+
+
+def _cleartext(body: bytes, at: int) -> bytes:
+    """The cleartext secret fields after S2K usage 0 at `at`, their checksum checked."""
+    secret, checksum = body[at + 1:-2], body[-2:]
+    if len(body) < at + 3 or checksum16(secret) != checksum:
+        raise FormatError("the secret key material's checksum does not match")
+    return secret
 
 
 def _protect_body(body: bytes, passphrase: bytes) -> bytes:
@@ -45,9 +55,9 @@ def _protect_body(body: bytes, passphrase: bytes) -> bytes:
         raise FormatError("truncated key packet")
     if body[at] != 0:
         raise FormatError("the secret key is already protected")
-    secret, checksum = body[at + 1:-2], body[-2:]
-    if len(secret) == 0 or sum(secret) & 0xFFFF != int.from_bytes(checksum, "big"):
-        raise FormatError("the secret key material's checksum does not match")
+    secret = _cleartext(body, at)
+    if not secret:
+        raise FormatError("the secret key packet holds no secret key material")
     salt, iv = os.urandom(8), os.urandom(16)
     key = s2k_key(passphrase, salt, s2k_count(COUNT_OCTET), 32)
     sealed = cfb_encrypt(key, iv, secret + hashlib.sha1(secret).digest())
@@ -87,42 +97,24 @@ def secret_fields(body: bytes, passphrase: str | None) -> bytes:
         raise FormatError("truncated key packet")
     usage = body[at]
     if usage == 0:
-        secret, checksum = body[at + 1:-2], body[-2:]
-        if sum(secret) & 0xFFFF != int.from_bytes(checksum, "big"):
-            raise FormatError("the secret key material's checksum does not match")
-        return secret
+        return _cleartext(body, at)
     if usage not in (S2K_USAGE_SHA1, S2K_USAGE_CHECKSUM):
         raise FormatError(f"secret key protection with S2K usage {usage}")
-    if passphrase is None:
-        raise FormatError("the secret key is protected and no passphrase was given")
-    at += 1
-    if at + 3 > len(body):
+    if at + 2 > len(body):
         raise FormatError("truncated key packet")
-    sym, kind, hash_id = body[at], body[at + 1], body[at + 2]
-    at += 3
+    sym = body[at + 1]
     if sym not in AES_KEY_SIZES:
         raise FormatError(f"secret key protection with symmetric algorithm {sym}")
-    if hash_id not in HASHES:
-        raise FormatError(f"S2K hash algorithm {hash_id}")
-    salt, count = b"", 0
-    if kind in (S2K_SALTED, S2K_ITERATED_SALTED):
-        salt, at = body[at:at + 8], at + 8
-        if kind == S2K_ITERATED_SALTED:
-            count, at = s2k_count(body[at]), at + 1
-    elif kind != S2K_SIMPLE:
-        raise FormatError(f"S2K specifier {kind}")
+    s2k, at = read_s2k(body, at + 2)
+    if passphrase is None:
+        raise FormatError("the secret key is protected and no passphrase was given")
     iv, sealed = body[at:at + 16], body[at + 16:]
-    if len(iv) != 16 or not sealed:
+    check_size = 20 if usage == S2K_USAGE_SHA1 else 2
+    if len(iv) != 16 or len(sealed) <= check_size:
         raise FormatError("truncated key packet")
-    key = s2k_key(passphrase.encode("utf-8"), salt, count, AES_KEY_SIZES[sym],
-                  HASHES[hash_id])
-    plain = cfb_decrypt(key, iv, sealed)
-    if usage == S2K_USAGE_SHA1:
-        secret, check = plain[:-20], plain[-20:]
-        if hashlib.sha1(secret).digest() != check:
-            raise FormatError("wrong passphrase")
-    else:
-        secret, check = plain[:-2], plain[-2:]
-        if sum(secret) & 0xFFFF != int.from_bytes(check, "big"):
-            raise FormatError("wrong passphrase")
+    plain = cfb_decrypt(s2k.key(passphrase.encode("utf-8"), AES_KEY_SIZES[sym]), iv, sealed)
+    secret, check = plain[:-check_size], plain[-check_size:]
+    expected = hashlib.sha1(secret).digest() if usage == S2K_USAGE_SHA1 else checksum16(secret)
+    if not hmac.compare_digest(expected, check):
+        raise FormatError("wrong passphrase")
     return secret

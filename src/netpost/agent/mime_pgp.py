@@ -13,7 +13,7 @@ from email.policy import SMTP
 import pysequoia
 
 from netpost.agent import AgentError
-from netpost.agent.pgp import Keyring, cert_label, first_line, key_ids_of
+from netpost.agent.pgp import Keyring, cert_label, first_line, key_ids_of, no_panic
 from netpost.agent.render import parse
 
 # Content fields move into the protected part; the rest stay outside (RFC 3156 5, 4).
@@ -138,14 +138,16 @@ def verify(raw: bytes, msg: EmailMessage, keyring: Keyring) -> Opened:
     if not isinstance(sig_bytes, bytes):
         raise AgentError("malformed multipart/signed message: empty signature part")
     try:
-        sig = pysequoia.Sig.from_bytes(sig_bytes)
+        with no_panic():
+            sig = pysequoia.Sig.from_bytes(sig_bytes)
     except (RuntimeError, ValueError) as exc:
         raise AgentError(f"the signature part is not an OpenPGP signature: "
                          f"{first_line(exc)}") from None
     keyring.asked.clear()
     keyring.found.clear()
     try:
-        result = pysequoia.verify(bytes=signed, store=keyring.lookup, signature=sig)
+        with no_panic():
+            result = pysequoia.verify(bytes=signed, store=keyring.lookup, signature=sig)
     except RuntimeError as exc:
         if not keyring.found:
             issuer = (sig.issuer_fingerprint or sig.issuer_key_id or "?").upper()
@@ -153,6 +155,8 @@ def verify(raw: bytes, msg: EmailMessage, keyring: Keyring) -> Opened:
                              "(import the signer's key)") from None
         raise AgentError(f"BAD signature claiming to be from {cert_label(keyring.found[0])}: "
                          f"{first_line(exc)}") from None
+    if not result.valid_sigs:  # pysequoia raises then; never "good" without one regardless
+        raise AgentError("cannot check the signature: pysequoia found no valid signature")
     notes = [f"PGP: good signature from {_signer(result, keyring)}"]
     content = parse(signed)
     return Opened(content, notes)
@@ -192,7 +196,8 @@ def decrypt(msg: EmailMessage, keyring: Keyring) -> Opened:
         keyring.found.clear()
         decryptor = keyring.decryptor(tsk)
         try:
-            result = pysequoia.decrypt(ciphertext, decryptor=decryptor, store=keyring.lookup)
+            with no_panic():
+                result = pysequoia.decrypt(ciphertext, decryptor=decryptor, store=keyring.lookup)
         except RuntimeError as exc:
             text = first_line(exc)
             if "No key to decrypt" in text or "No session key" in text \
@@ -216,7 +221,7 @@ def _recipient_key_ids(ciphertext: bytes) -> set[str] | None:
     """The key IDs (lowercase hex) the message's PKESKs name, or None when that is not
     known (a wildcard ID, a form this does not read): then every secret key is tried."""
     from netpost.agent.inner import dearmor
-    from netpost.agent.rfc4880 import TAG_PKESK, packets
+    from netpost.agent.rfc4880 import TAG_PKESK, packets, pkesk_v3
 
     try:
         found = [p.body for p in packets(dearmor(ciphertext), partial=True)
@@ -225,9 +230,10 @@ def _recipient_key_ids(ciphertext: bytes) -> set[str] | None:
         return None
     ids = set()
     for body in found:
-        if len(body) < 9 or body[0] != 3 or body[1:9] == b"\0" * 8:
+        pkesk = pkesk_v3(body)
+        if pkesk is None or pkesk[0] == b"\0" * 8:
             return None
-        ids.add(body[1:9].hex())
+        ids.add(pkesk[0].hex())
     return ids or None
 
 
@@ -243,7 +249,8 @@ def _decrypted_unverified(ciphertext: bytes, tsk: pysequoia.Tsk,
         raise AgentError(f"BAD signature in the encrypted message, claiming to be from "
                          f"{cert_label(found[0])}")
     try:
-        result = pysequoia.decrypt(ciphertext, decryptor=decryptor)
+        with no_panic():
+            result = pysequoia.decrypt(ciphertext, decryptor=decryptor)
     except RuntimeError as exc:
         raise AgentError(f"cannot decrypt: {first_line(exc)}") from None
     assert result.bytes is not None
@@ -276,7 +283,8 @@ def _check_compressed(ciphertext: bytes, tsk: pysequoia.Tsk, keyring: Keyring, p
     keyring.asked.clear()
     keyring.found.clear()
     try:
-        checked = pysequoia.verify(bytes=signed, store=keyring.lookup)
+        with no_panic():
+            checked = pysequoia.verify(bytes=signed, store=keyring.lookup)
     except RuntimeError as exc:
         if not keyring.found:
             return f"PGP: signed by key {signer}, which is not in the key ring: NOT verified"
@@ -285,7 +293,9 @@ def _check_compressed(ciphertext: bytes, tsk: pysequoia.Tsk, keyring: Keyring, p
                     "check: NOT verified")
         raise AgentError(f"BAD signature in the encrypted message, claiming to be from "
                          f"{cert_label(keyring.found[0])}") from None
-    if checked.bytes != plain:
+    if not checked.valid_sigs:  # pysequoia raises then; never "good" without one regardless
+        return f"PGP: signed by key {signer}, no valid signature found: NOT verified"
+    if checked.bytes is None or checked.bytes != plain:
         return (f"PGP: signed by key {signer}, but the signed content is not the decrypted "
                 "content: NOT verified")
     return f"PGP: good signature from {_signer(checked, keyring)}"

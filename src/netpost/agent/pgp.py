@@ -17,11 +17,13 @@ protected keys keep their passphrase. The passphrase is asked for when a key is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parseaddr
@@ -34,6 +36,22 @@ from netpost.agent import AgentError
 
 os.environ.setdefault("RUST_BACKTRACE", "0")
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def no_panic() -> Iterator[None]:
+    """A Rust panic inside pysequoia (pyo3's PanicException, a BaseException: sequoia 2.4
+    panics on some truncated messages) as a RuntimeError, which the callers already turn
+    into one line for the user, instead of a traceback."""
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise RuntimeError(f"pysequoia failed on malformed input ({first_line(exc)})") \
+            from None
 
 
 def first_line(exc: BaseException) -> str:
@@ -90,14 +108,27 @@ class Keyring:
         return self.root / "secret"
 
     def _write(self, path: Path, data: bytes, mode: int = 0o644) -> None:
+        """`data` to `path` atomically: a new temporary file in the same directory (created
+        exclusively, 0600, so a stale or planted one, or a symlink, is never reused or
+        followed), given `mode`, synced, renamed over `path`, and the directory synced."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), mode)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(name, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     # --- reading ---------------------------------------------------------------------------
     def certs(self) -> list[pysequoia.Cert]:
@@ -166,7 +197,8 @@ class Keyring:
         """Import certificates and secret keys (armored or binary); merged with what is
         there. Returns one line per key."""
         try:
-            certs = pysequoia.Cert.split_bytes(data)
+            with no_panic():
+                certs = pysequoia.Cert.split_bytes(data)
         except (RuntimeError, ValueError) as exc:
             raise AgentError(f"not an OpenPGP key: {first_line(exc)}") from None
         if not certs:

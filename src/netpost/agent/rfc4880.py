@@ -74,7 +74,7 @@ def packets(data: bytes, partial: bool = False) -> list[Packet]:
         if first & 0x40:  # new format
             tag = first & 0x3F
             at += 1
-            chunks = []
+            joined = bytearray()  # partial chunks can be one octet each: no list of them
             while True:
                 size, length, more = _length(data, at)
                 if more and not partial:
@@ -82,11 +82,11 @@ def packets(data: bytes, partial: bool = False) -> list[Packet]:
                 at += size
                 if at + length > len(data):
                     raise FormatError("truncated packet")
-                chunks.append(data[at:at + length])
+                joined += data[at:at + length]
                 at += length
                 if not more:
                     break
-            body = b"".join(chunks)
+            body = bytes(joined)
         else:  # old format
             tag = (first >> 2) & 0x0F
             kind = first & 3
@@ -105,6 +105,14 @@ def packets(data: bytes, partial: bool = False) -> list[Packet]:
                 body, at = data[at:at + length], at + length
         out.append(Packet(tag, data[start:at], body))
     return out
+
+
+def pkesk_v3(body: bytes) -> tuple[bytes, int, bytes] | None:
+    """(key ID, public key algorithm, encrypted session key) of a version 3 PKESK body
+    (5.1; a zero key ID is a wildcard), or None for another version or a truncated one."""
+    if len(body) < 10 or body[0] != 3:
+        return None
+    return body[1:9], body[9], body[10:]
 
 
 def header(tag: int, length: int) -> bytes:
@@ -168,27 +176,75 @@ def s2k_count(octet: int) -> int:
     return (16 + (octet & 15)) << ((octet >> 4) + 6)
 
 
+S2K_SIMPLE, S2K_SALTED, S2K_ITERATED_SALTED = 0, 1, 3
+
+
+@dataclass
+class S2K:
+    """A string-to-key specifier (RFC 4880 3.7.1): hash, salt (empty for the simple kind)
+    and the octet count (0 unless iterated)."""
+
+    hash_name: str
+    salt: bytes
+    count: int
+
+    def key(self, passphrase: bytes, size: int) -> bytes:
+        return s2k_key(passphrase, self.salt, self.count, size, self.hash_name)
+
+
+def read_s2k(data: bytes, at: int) -> tuple[S2K, int]:
+    """The S2K specifier at `at` and where the next field starts; FormatError for a kind
+    or hash this does not take (GnuPG's 101 "no secret key here" among them)."""
+    if at + 2 > len(data):
+        raise FormatError("truncated S2K specifier")
+    kind, hash_id = data[at], data[at + 1]
+    name = HASHES.get(hash_id)
+    if name is None or name not in hashlib.algorithms_available:
+        raise FormatError(f"S2K hash algorithm {hash_id}")
+    at += 2
+    if kind == S2K_SIMPLE:
+        return S2K(name, b"", 0), at
+    if kind not in (S2K_SALTED, S2K_ITERATED_SALTED):
+        raise FormatError(f"S2K specifier {kind}")
+    end = at + 8 + (kind == S2K_ITERATED_SALTED)
+    if end > len(data):
+        raise FormatError("truncated S2K specifier")
+    count = s2k_count(data[at + 8]) if kind == S2K_ITERATED_SALTED else 0
+    return S2K(name, data[at:at + 8], count), end
+
+
 def s2k_key(passphrase: bytes, salt: bytes, count: int, size: int,
             hash_name: str = "sha256") -> bytes:
     """String-to-key (RFC 4880 3.7.1): salt and passphrase hashed, repeated to `count`
     octets when iterated (at least once whole; count 0 for the simple and salted kinds);
     more key than one hash gives comes from contexts preloaded with zero octets."""
+    if not 0 <= count <= s2k_count(0xFF) or not 0 < size <= 64:
+        raise FormatError("S2K count or key size out of range")
     unit = salt + passphrase
-    total = max(count, len(unit))
+    total = max(count, len(unit)) if unit else 0  # nothing to repeat: hashed once, empty
     block = unit * max(1, (1 << 20) // max(1, len(unit)))
     out = b""
     zeros = 0
-    while len(out) < size:
-        h = hashlib.new(hash_name, b"\0" * zeros)
-        left = total
-        while left >= len(block) > 0:
-            h.update(block)
-            left -= len(block)
-        if left:
-            h.update((unit * (left // len(unit) + 1))[:left])
-        out += h.digest()
-        zeros += 1
+    try:
+        while len(out) < size:
+            h = hashlib.new(hash_name, b"\0" * zeros)
+            left = total
+            while left >= len(block) > 0:
+                h.update(block)
+                left -= len(block)
+            if left:
+                h.update((unit * (left // len(unit) + 1))[:left])
+            out += h.digest()
+            zeros += 1
+    except ValueError:  # a hash this OpenSSL does not offer (RIPEMD-160 on OpenSSL 3)
+        raise FormatError(f"S2K hash algorithm {hash_name}") from None
     return out[:size]
+
+
+def checksum16(data: bytes) -> bytes:
+    """The two-octet checksum RFC 4880 puts after cleartext secret key material (5.5.3)
+    and session keys (5.1): the sum of the octets modulo 65536."""
+    return (sum(data) & 0xFFFF).to_bytes(2, "big")
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
