@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import imaplib
+import os
 import re
 from email.message import EmailMessage
 from pathlib import Path
@@ -91,6 +92,20 @@ def test_save_attachment(users: dict[str, MailUser], tmp_path: Path) -> None:
     missing = bob.run("save-attachment", str(uid), "7", check=False)
     assert missing.returncode == 1 and "no attachment '7'" in missing.stderr
     assert sorted(p.name for p in out_dir.iterdir()) == ["blob.bin"]  # nothing half
+    # --force replaces it whole, through a fresh temporary file: a symlink planted where a
+    # fixed temporary name would be is neither followed nor reused
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (out_dir / ".blob.bin.part").symlink_to(victim)
+    (out_dir / "blob.bin").write_bytes(b"old")
+    r = bob.run("save-attachment", str(uid), "1", "-o", str(out_dir), "--force")
+    assert (out_dir / "blob.bin").read_bytes() == data
+    assert victim.read_bytes() == b"keep me"
+    assert sorted(p.name for p in out_dir.iterdir()) == [".blob.bin.part", "blob.bin"]
+    assert (out_dir / "blob.bin").stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    nowhere = bob.run("save-attachment", str(uid), "1", "-o", str(tmp_path / "no" / "x.bin"),
+                      check=False)
+    assert nowhere.returncode == 1 and "is not a directory" in nowhere.stderr
 
 
 def test_reply_reply_all_and_forward_thread(users: dict[str, MailUser]) -> None:
@@ -298,3 +313,9 @@ def test_malformed_messages_are_shown_or_refused_in_one_line(
     assert results[2].returncode == 1 and "cannot decode" in results[2].stderr
     assert results[3].returncode == 1 and "malformed multipart/signed" in results[3].stderr
     assert results[4].returncode == 1 and "encrypted" in results[4].stderr
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -160,6 +160,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_save_attachment(args: argparse.Namespace) -> int:
+    from netpost.agent.pgp import write_atomic
     from netpost.agent.render import attachments
 
     account = account_of(args)
@@ -182,9 +183,12 @@ def cmd_save_attachment(args: argparse.Namespace) -> int:
         target = target / name
     if target.exists() and not args.force:
         raise AgentError(f"{target} exists (use --force to replace it)")
-    tmp = target.with_name(f".{target.name}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)  # whole or not at all
+    if not target.parent.is_dir():
+        raise AgentError(f"{target.parent} is not a directory")
+    mask = os.umask(0)
+    os.umask(mask)
+    # whole or not at all; a fresh temporary name, so no planted file or symlink is followed
+    write_atomic(target, data, 0o666 & ~mask)
     print(f"saved {target} ({len(data)} octets, {part.content_type})")
     return 0
 

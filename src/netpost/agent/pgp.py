@@ -90,6 +90,30 @@ def usable_problem(cert: pysequoia.Cert, now: datetime | None = None) -> str | N
     return None
 
 
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """`data` to `path` atomically: a new temporary file in the same directory (created
+    exclusively, 0600, so a stale or planted one, or a symlink, is never reused or
+    followed), given `mode`, synced, renamed over `path`, and the directory synced."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 @dataclass
 class Keyring:
     root: Path
@@ -108,27 +132,7 @@ class Keyring:
         return self.root / "secret"
 
     def _write(self, path: Path, data: bytes, mode: int = 0o644) -> None:
-        """`data` to `path` atomically: a new temporary file in the same directory (created
-        exclusively, 0600, so a stale or planted one, or a symlink, is never reused or
-        followed), given `mode`, synced, renamed over `path`, and the directory synced."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), mode)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(name, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(path, data, mode)
 
     # --- reading ---------------------------------------------------------------------------
     def certs(self) -> list[pysequoia.Cert]:
