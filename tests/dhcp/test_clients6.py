@@ -1,14 +1,15 @@
 """Real DHCPv6 clients against netpost, inside a pair of network namespaces made per test.
 
 The server end gets 2001:db8:99::1/64 (its subnet) and both ends their link-local addresses;
-duplicate address detection is turned off on both veths and the link-local addresses are
-waited for, so that none is still "tentative" when the first SOLICIT goes.  dhclient -6 gets an
-address, renews it at T1 and releases it, and so does dhcpcd -6 (also with Rapid Commit); a
-restart (even kill -9) keeps the binding; an exhausted pool gives no address twice; an
-administrator's release reaches the running server; perfdhcp -6 runs full SOLICIT/ADVERTISE/
-REQUEST/REPLY exchanges; a REQUEST sent unicast gets UseMulticast (a plain socket, as no
-packaged client unicasts without being offered UNICAST).  The clients come from
-scripts/install-test-deps.sh (isc-dhcp-client, dhcpcd-base, kea-admin), as for the v4 tests.
+duplicate address detection is turned off on both veths before they come up and the link-local
+addresses are waited for, so that none is still "tentative" when the first SOLICIT goes.
+dhclient -6 gets an address, renews it at T1 (2 s here, from the server's IA_NA) and releases
+it, and so does dhcpcd -6 (also with Rapid Commit); a restart (even kill -9) keeps the binding;
+an exhausted pool gives no address twice; an administrator's release reaches the running
+server; perfdhcp -6 runs full SOLICIT/ADVERTISE/REQUEST/REPLY exchanges; a REQUEST sent unicast
+gets UseMulticast (a plain socket, as no packaged client unicasts without being offered
+UNICAST).  The clients come from scripts/install-test-deps.sh (isc-dhcp-client, dhcpcd-base,
+kea-admin), as for the v4 tests.
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ PREFIX = "2001:db8:99::/64"
 
 
 def subnet6_toml(pool: str = "2001:db8:99::100-2001:db8:99::1ff", valid: int = 40,
-                 preferred: int = 30, extra: str = "") -> str:
-    # T1 = 15 s, T2 = 24 s by default (0.5 and 0.8 x preferred): a renewal within a test
+                 preferred: int = 30, renewal: int | None = 2, extra: str = "") -> str:
+    # T1 = 2 s by default: a renewal within seconds of the first binding (None: the server's
+    # default, 0.5 x preferred); T2 = 24 s (0.8 x preferred)
+    t1 = "" if renewal is None else f"renewal_time = {renewal}"
     return f"""
 [[dhcp.subnets6]]
 prefix = "{PREFIX}"
 pools = ["{pool}"]
 valid_lifetime = {valid}
 preferred_lifetime = {preferred}
+{t1}
 dns_servers = ["{SERVER6}"]
 domain_list = ["lan.test"]
 ntp_servers = ["{SERVER6}"]
@@ -51,9 +55,7 @@ ntp_servers = ["{SERVER6}"]
 
 
 def link_up6(net: NamespacePair) -> None:
-    """The server's global address, and both link-local addresses past DAD."""
-    net.server("sysctl", "-qw", f"net.ipv6.conf.{net.server_if}.accept_dad=0")
-    net.client("sysctl", "-qw", f"net.ipv6.conf.{net.client_if}.accept_dad=0")
+    """The server's global address, and both link-local addresses (no DAD: see net())."""
     got = net.server("ip", "-6", "addr", "add", f"{SERVER6}/64", "dev", net.server_if,
                      "nodad")
     assert got.returncode == 0, got.stderr
@@ -68,7 +70,7 @@ def link_up6(net: NamespacePair) -> None:
 
 @pytest.fixture
 def net() -> Iterator[NamespacePair]:
-    with NamespacePair("d6") as pair:
+    with NamespacePair("d6", ipv6_dad=False) as pair:
         link_up6(pair)
         yield pair
 
@@ -124,7 +126,7 @@ def test_dhclient6_address_renew_release(net: NamespacePair, tmp_path: Path) -> 
         assert "IAID" in shown and f"subnet:   {PREFIX}" in shown
         listed = server.cli("leases", "list").stdout
         assert re.search(rf"^{re.escape(address)}\s+bound", listed, re.M), listed
-        # RENEW at T1 (15 s), to the multicast group, answered with fresh lifetimes
+        # RENEW at T1 (2 s), to the multicast group, answered with fresh lifetimes
         wait_for(lambda: re.search(r"S: REPLY .*addr=" + re.escape(address) + "/40",
                                    trace(server).split("C: RENEW", 1)[-1])
                  is not None and "C: RENEW" in trace(server), 30, "dhclient's renewal")
@@ -142,7 +144,7 @@ def test_dhclient6_address_renew_release(net: NamespacePair, tmp_path: Path) -> 
 def test_restart_keeps_v6_bindings_even_after_kill_9(net: NamespacePair,
                                                       tmp_path: Path) -> None:
     require("dhclient")
-    server = serve(net, tmp_path, subnet6_toml(valid=600, preferred=500))
+    server = serve(net, tmp_path, subnet6_toml(valid=600, preferred=500, renewal=None))
     try:
         got = dhclient6(net, tmp_path, "-1")
         assert got.returncode == 0, got.stderr
@@ -178,16 +180,29 @@ def test_exhausted_v6_pool_never_gives_an_address_twice(net: NamespacePair,
                                                         tmp_path: Path) -> None:
     require("dhclient")
     server = serve(net, tmp_path, subnet6_toml(pool="2001:db8:99::100-2001:db8:99::101",
-                                               valid=600, preferred=500))
+                                               valid=600, preferred=500, renewal=None))
     given: dict[int, str] = {}
     try:
         for n in range(1, 4):
             net.client("ip", "-6", "addr", "flush", "dev", net.client_if, "scope", "global")
             name = with_duid(tmp_path, f"c{n}", n)
-            got = net.client("timeout", "12", "dhclient", "-6", "-v", "-1", "-lf",
-                             str(tmp_path / f"{name}.leases"), "-pf",
-                             str(tmp_path / f"{name}.pid"), net.client_if, timeout=60)
-            if got.returncode == 0 and client_addresses6(net):
+            refusals = trace(server).count("status=NO_ADDRS_AVAIL")
+            client = subprocess.Popen(
+                net.in_client(["timeout", "12", "dhclient", "-6", "-v", "-1", "-lf",
+                               str(tmp_path / f"{name}.leases"), "-pf",
+                               str(tmp_path / f"{name}.pid"), net.client_if]),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                # dhclient -1 exits 0 once bound; a client the server refuses (NoAddrsAvail,
+                # RFC 8415 18.3.1) would keep soliciting until `timeout` ends it
+                wait_for(lambda: client.poll() is not None or  # noqa: B023
+                         trace(server).count("status=NO_ADDRS_AVAIL") > refusals,  # noqa: B023
+                         20, "an address or a refusal")
+            finally:
+                if client.poll() is None:
+                    client.terminate()  # timeout passes it on to dhclient
+                client.wait(20)
+            if client.returncode == 0 and client_addresses6(net):
                 given[n] = bound_address6(net)
             dhclient6(net, tmp_path, "-x", name=name)
         assert len(given) == 2 and len(set(given.values())) == 2, given
@@ -203,7 +218,7 @@ def test_perfdhcp6(net: NamespacePair, tmp_path: Path, relayed: bool) -> None:
     message in a RELAY-FORW whose link-address is its own global address)."""
     require("perfdhcp")
     server = serve(net, tmp_path, subnet6_toml(pool="2001:db8:99::1000-2001:db8:99::ffff",
-                                               valid=600, preferred=500))
+                                               valid=600, preferred=500, renewal=None))
     relay: list[str] = []
     if relayed:
         net.client("ip", "-6", "addr", "add", "2001:db8:99::2/64", "dev", net.client_if,
@@ -289,7 +304,9 @@ def test_dhcpcd6_rapid_commit(net: NamespacePair, tmp_path: Path) -> None:
 def test_administrator_release_reaches_the_running_server(net: NamespacePair,
                                                           tmp_path: Path) -> None:
     require("dhclient")
-    server = serve(net, tmp_path)
+    # T1 = 6 s: time for the release and the look at its state (two CLI runs, about a second
+    # each on a loaded machine) before the client's first RENEW, which rebinds it
+    server = serve(net, tmp_path, subnet6_toml(renewal=6))
     try:
         got = dhclient6(net, tmp_path, "-1")
         assert got.returncode == 0, got.stderr

@@ -36,8 +36,15 @@ def _ip(*args: str) -> None:
         raise NamespaceError(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
 
+def _sysctl(ns: str, setting: str) -> None:
+    result = subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", setting],
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise NamespaceError(f"sysctl -w {setting} in {ns}: {result.stderr.strip()}")
+
+
 class NamespacePair:
-    def __init__(self, tag: str = "np", prefix: int = 24) -> None:
+    def __init__(self, tag: str = "np", prefix: int = 24, ipv6_dad: bool = True) -> None:
         if os.geteuid() != 0:
             raise NamespaceError("network namespaces need root (the DHCP tests run as root)")
         if shutil.which("ip") is None:
@@ -49,6 +56,9 @@ class NamespacePair:
         self.server_if = f"vs{os.getpid() % 100000}x{next(_counter)}"[:15]
         self.client_if = f"vc{self.server_if[2:]}"[:15]
         self.prefix = prefix  # of the server's address (the bench uses a /16 for big pools)
+        # False: IPv6 duplicate address detection off on both veths before they come up, so
+        # that their link-local addresses are never "tentative" (usable at once)
+        self.ipv6_dad = ipv6_dad
         self._made: list[str] = []
 
     # -- set-up and tear-down --------------------------------------------------------------
@@ -82,6 +92,10 @@ class NamespacePair:
             _ip("-n", ns, "link", "set", "lo", "up")
         _ip("-n", self.server_ns, "addr", "add", f"{SERVER_ADDRESS}/{self.prefix}", "dev",
             self.server_if)
+        if not self.ipv6_dad:
+            for ns, interface in ((self.server_ns, self.server_if),
+                                  (self.client_ns, self.client_if)):
+                _sysctl(ns, f"net.ipv6.conf.{interface}.accept_dad=0")
         _ip("-n", self.server_ns, "link", "set", self.server_if, "up")
         _ip("-n", self.client_ns, "link", "set", self.client_if, "up")
 
