@@ -9,6 +9,7 @@ interface has no global address); relayed messages find theirs by the relay's li
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from ipaddress import IPv6Address
@@ -62,6 +63,7 @@ def build6(ctx: BuildContext) -> Callable[[DatagramListener], DHCP6Handler]:
             ntp_address = addresses[0]
         duid = server_duid(ctx.services.data_dir, interface)
         engine = DHCP6Engine(subnets, duid, settings, load_records6(leases))
+        gc.freeze()  # as the v4 factory does (service.freeze_startup_objects)
         return DHCP6Handler(listener, engine, Link6(addresses, ntp_address), leases)
 
     return factory
