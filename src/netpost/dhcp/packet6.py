@@ -25,7 +25,6 @@ import enum
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from ipaddress import IPv6Address
 
 from netpost.dhcp.options import domain_labels
@@ -200,13 +199,13 @@ class Message:
     def has(self, code: int) -> bool:
         return any(c == code for c, _ in self.options)
 
-    @cached_property
+    @property
     def client_id(self) -> bytes | None:
-        return self.option(Option.CLIENTID)  # asked for often: looked for once
+        return first(self.options, Option.CLIENTID)
 
-    @cached_property
+    @property
     def server_id(self) -> bytes | None:
-        return self.option(Option.SERVERID)
+        return first(self.options, Option.SERVERID)
 
     @property
     def oro(self) -> tuple[int, ...]:
