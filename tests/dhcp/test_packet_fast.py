@@ -8,6 +8,9 @@ import random
 import socket
 from ipaddress import IPv4Address, IPv6Address
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from netpost.dhcp.engine import DHCPEngine, EngineSettings, Link
 from netpost.dhcp.packet import (
     BOOTREQUEST,
@@ -86,3 +89,39 @@ def test_inet_ntoa_is_str() -> None:
     for value in [0, 0xFFFFFFFF, *(rng.getrandbits(32) for _ in range(2000))]:
         address = IPv4Address(value)
         assert socket.inet_ntoa(address.packed) == str(address)
+
+
+ENGINE = DHCPEngine(parse_subnets([{
+    "network": "10.99.0.0/16", "pools": ["10.99.1.0-10.99.250.255"], "router": "10.99.0.1",
+    "dns_servers": ["10.99.0.1"], "domain_name": "lan.test", "search": ["lan.test"],
+    "options": {"61": "0x01ff", "150": "0x0a000001", "66": "tftp.lan.test"}}]),
+    EngineSettings(client_rate=1e9, client_burst=10**9, relay_rate=1e9, relay_burst=10**9))
+
+
+@given(st.lists(st.integers(1, 254), max_size=12).map(bytes) | st.none(),
+       st.binary(min_size=2, max_size=300) | st.none(),
+       st.binary(min_size=1, max_size=40) | st.none(),
+       st.booleans(), st.integers(1, 250))
+@settings(max_examples=300, deadline=None)
+def test_any_reply_encodes_as_its_options_say(wanted: bytes | None, client_id: bytes | None,
+                                              agent: bytes | None, relayed: bool,
+                                              n: int) -> None:
+    """Whatever the request list, client id and relay agent information, the pre-encoded
+    block gives the octets plain encoding gives (and decodes to the same message)."""
+    options: dict[int, bytes] = {Option.MESSAGE_TYPE: bytes((MessageType.DISCOVER,))}
+    if wanted is not None:
+        options[Option.PARAMETER_REQUEST_LIST] = wanted
+    if client_id is not None:
+        options[Option.CLIENT_IDENTIFIER] = client_id
+    if agent is not None:
+        options[Option.RELAY_AGENT_INFORMATION] = agent
+    message = Message(op=BOOTREQUEST, xid=n, chaddr=bytes((2, 0, 0, 0, 1, n)),
+                      giaddr=IPv4Address("10.99.0.2") if relayed else ZERO, options=options)
+    outcome = ENGINE.handle(decode(encode(message)), Link(SERVER), 1000.0)
+    assert outcome is not None and outcome.reply is not None
+    reply = outcome.reply
+    plain = Message(**{f: getattr(reply, f) for f in (
+        "op", "xid", "chaddr", "htype", "hops", "secs", "flags", "ciaddr", "yiaddr",
+        "siaddr", "giaddr", "sname", "file", "options")})
+    assert encode(reply) == encode(plain)
+    assert encode(reply, max_size=1500) == encode(plain, max_size=1500)
