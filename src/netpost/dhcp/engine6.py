@@ -181,12 +181,13 @@ class DHCP6Engine:
         if old is not None:
             self._forget(old)
         if binding.duid:
-            previous = self.by_ia.get(self._key(binding))
+            key = self._key(binding)
+            previous = self.by_ia.get(key)
             if previous is not None and previous is not binding:
                 # One address per IA: the old one goes back to the pool.
                 if self.by_address.get(previous.address) is previous:
                     del self.by_address[previous.address]
-            self.by_ia[self._key(binding)] = binding
+            self.by_ia[key] = binding
         self.by_address[binding.address] = binding
 
     def _forget(self, binding: Binding6) -> None:
@@ -267,10 +268,7 @@ class DHCP6Engine:
             reply, leases = self._release(client_message, subnet, now)
         else:
             reply, leases = self._decline(client_message, subnet, now)
-        outcome = self._out(reply, peer, relays)
-        if outcome is None:
-            return None
-        return Outcome6(outcome.reply, outcome.destination, tuple(leases))
+        return self._out(reply, peer, relays, tuple(leases))
 
     def _valid(self, message: Message, kind: MessageType) -> bool:
         """RFC 8415 16: a client identifier (except INFORMATION-REQUEST), a server
@@ -619,10 +617,14 @@ class DHCP6Engine:
                     addresses: list[tuple[int, int, int]]) -> tuple[int, bytes]:
         """IA_NA (21.4) with an IAADDR (21.6) per (address, preferred, valid), packed at
         once: every ADVERTISE and REPLY has one."""
-        value = _IA_NA_HEAD.pack(iaid, subnet.renewal_time, subnet.rebinding_time) + b"".join(
+        head = _IA_NA_HEAD.pack(iaid, subnet.renewal_time, subnet.rebinding_time)
+        if len(addresses) == 1:  # nearly always
+            a, preferred, valid = addresses[0]
+            return Option.IA_NA, head + _IAADDR.pack(Option.IAADDR, 24, a.to_bytes(16, "big"),
+                                                     preferred, valid)
+        return Option.IA_NA, head + b"".join(
             _IAADDR.pack(Option.IAADDR, 24, a.to_bytes(16, "big"), preferred, valid)
             for a, preferred, valid in addresses)
-        return Option.IA_NA, value
 
     @staticmethod
     def _ia_status(iaid: int, status: Status, text: str) -> tuple[int, bytes]:
@@ -669,14 +671,14 @@ class DHCP6Engine:
         name = _NAMES[kind]
         self.stats.sent[name] = self.stats.sent.get(name, 0) + 1
 
-    def _out(self, reply: Message | None, peer: str,
-             relays: list[RelayMessage]) -> Outcome6 | None:
+    def _out(self, reply: Message | None, peer: str, relays: list[RelayMessage],
+             leases: tuple[LeaseRecord6, ...] = ()) -> Outcome6 | None:
         """To the client (port 546), or wrapped in a RELAY-REPL for each relay, outermost
         to the relay it came from on port 547 (RFC 8415 19.3, 9.2)."""
         if reply is None:
             return None
         if not relays:
-            return Outcome6(reply, (peer, p6.CLIENT_PORT))
+            return Outcome6(reply, (peer, p6.CLIENT_PORT), leases)
         wrapped: AnyMessage = reply
         for relay in reversed(relays):
             options: list[tuple[int, bytes]] = []
@@ -685,7 +687,7 @@ class DHCP6Engine:
             options.append((Option.RELAY_MSG, p6.encode(wrapped)))
             wrapped = RelayMessage(MessageType.RELAY_REPL, relay.hop_count, relay.link_address,
                                    relay.peer_address, tuple(options))
-        return Outcome6(wrapped, (peer, p6.SERVER_PORT))
+        return Outcome6(wrapped, (peer, p6.SERVER_PORT), leases)
 
 
 _IA_NA_HEAD = struct.Struct("!III")  # IAID, T1, T2
