@@ -655,7 +655,7 @@ class DHCPEngine:
                 wire_options = None  # configured as an option too: encode places it
             options[Option.CLIENT_IDENTIFIER] = client_id  # RFC 6842: echo it back
             if wire_options is not None:
-                wire_options += b"".join(option_instances(Option.CLIENT_IDENTIFIER, client_id))
+                wire_options += _option_octets(Option.CLIENT_IDENTIFIER, client_id)
         if message.giaddr != ZERO:
             agent = message.options.get(Option.RELAY_AGENT_INFORMATION)
             if agent is not None:
@@ -663,8 +663,7 @@ class DHCPEngine:
                     wire_options = None
                 options[Option.RELAY_AGENT_INFORMATION] = agent  # RFC 3046 2.2: echoed
                 if wire_options is not None:
-                    wire_options += b"".join(
-                        option_instances(Option.RELAY_AGENT_INFORMATION, agent))
+                    wire_options += _option_octets(Option.RELAY_AGENT_INFORMATION, agent)
         self._count_sent(kind)
         return make_message(BOOTREPLY, message.xid, message.chaddr, message.htype, 0, 0,
                             message.flags, message.ciaddr if kind is MessageType.ACK else ZERO,
@@ -749,6 +748,13 @@ def reply_destination(request: Message, reply: Message) -> tuple[str, int]:
     if request.ciaddr != ZERO:
         return str(request.ciaddr), CLIENT_PORT
     return _BROADCAST_TEXT, CLIENT_PORT
+
+
+def _option_octets(code: int, value: bytes) -> bytes:
+    """One option as `encode` writes it (several instances past 255 octets, RFC 3396)."""
+    if 0 < len(value) <= 255:
+        return bytes((code, len(value))) + value
+    return b"".join(option_instances(code, value))
 
 
 _BROADCAST_TEXT = str(BROADCAST)
