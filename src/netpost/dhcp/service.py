@@ -8,7 +8,6 @@ the link's broadcasts, and answers as the interface's IPv4 address.  `HOST:PORT%
 
 from __future__ import annotations
 
-import gc
 import logging
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -22,7 +21,7 @@ from netpost.dhcp.service6 import LISTENER as DHCP6_LISTENER
 from netpost.dhcp.service6 import build6, subnet6_tables
 from netpost.dhcp.subnets import parse_subnets
 from netpost.dhcp.subnets6 import parse_subnets6
-from netpost.net.datagram import DatagramListener
+from netpost.net.datagram import DatagramListener, freeze_startup_objects
 from netpost.registry import BuildContext, ListenerDecl, Service, TLSMode, Transport, setting
 
 log = logging.getLogger("netpost.dhcp")
@@ -132,15 +131,6 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> Any:
                            dhcp.ping_before_offer)
 
     return factory
-
-
-def freeze_startup_objects() -> None:
-    """Move every object made so far (modules, config, the leases just loaded: they live as
-    long as the process) out of the garbage collector's reach (gc.freeze).  A full collection
-    walks every tracked object, some 20 ms per 100,000 here; a DHCP server under load stalls
-    that long and its socket buffer overflows (seen at 8,000 DORA/s).  Objects made later
-    are collected as before."""
-    gc.freeze()
 
 
 SERVICE = Service(

@@ -9,7 +9,6 @@ interface has no global address); relayed messages find theirs by the relay's li
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable
 from ipaddress import IPv6Address
@@ -25,7 +24,7 @@ from netpost.dhcp.server6 import (
     server_duid,
 )
 from netpost.dhcp.subnets6 import parse_subnets6
-from netpost.net.datagram import DatagramListener
+from netpost.net.datagram import DatagramListener, freeze_startup_objects
 from netpost.registry import BuildContext, ListenerDecl, TLSMode, Transport
 
 log = logging.getLogger("netpost.dhcp")
@@ -63,7 +62,7 @@ def build6(ctx: BuildContext) -> Callable[[DatagramListener], DHCP6Handler]:
             ntp_address = addresses[0]
         duid = server_duid(ctx.services.data_dir, interface)
         engine = DHCP6Engine(subnets, duid, settings, load_records6(leases))
-        gc.freeze()  # as the v4 factory does (service.freeze_startup_objects)
+        freeze_startup_objects()
         return DHCP6Handler(listener, engine, Link6(addresses, ntp_address), leases)
 
     return factory
