@@ -14,7 +14,13 @@ test: $(VENV)/.installed-test
 	scripts/install-test-deps.sh
 	$(BIN)/ruff check src tests bench fuzz
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	@# Two workers, a test file each at a time (--dist loadfile: a module's server fixture
+	@# starts once).  A short --basetemp of its own: tests put gpg-agent sockets under
+	@# tmp_path, and a Unix socket's path has at most 107 bytes (xdist adds popen-gwN/).
+	@# Removed on success, kept on failure for a look.
+	tmp=$$(mktemp -d -t netpost-test.XXXXXX) && \
+	  { $(BIN)/pytest -q -n 2 --dist loadfile --basetemp=$$tmp && rm -rf $$tmp || \
+	    { echo "the tests' files are kept in $$tmp"; exit 1; }; }
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench fuzz
