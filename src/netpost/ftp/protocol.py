@@ -290,7 +290,7 @@ class FTPConnection:
     def _next_command(self) -> tuple[str, str] | None:
         if self._held and not self.transferring:
             return self._held.popleft()
-        while True:
+        while not self.closed:  # an error may have closed it (421) mid-buffer
             end = self._in.find(b"\n")
             if self._discarding:
                 if end < 0:
@@ -319,6 +319,7 @@ class FTPConnection:
                 self._held.append(command)
                 continue
             return command
+        return None
 
     def _parse(self, raw: bytes) -> tuple[str, str] | None:
         line = _strip_telnet(raw.rstrip(b"\r\n"))
