@@ -160,8 +160,8 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_save_attachment(args: argparse.Namespace) -> int:
-    from netpost.agent.pgp import write_atomic
     from netpost.agent.render import attachments
+    from netpost.fsutil import write_atomic
 
     account = account_of(args)
     raw = fetch_raw(args, account, args.uid, peek=True)

@@ -22,7 +22,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from typing import TypeVar
 import pysequoia
 
 from netpost.agent import AgentError
+from netpost.fsutil import write_atomic
 
 os.environ.setdefault("RUST_BACKTRACE", "0")
 T = TypeVar("T")
@@ -88,30 +88,6 @@ def usable_problem(cert: pysequoia.Cert, now: datetime | None = None) -> str | N
     if expiry is not None and expiry <= (now or datetime.now(UTC)):
         return f"expired on {expiry:%Y-%m-%d}"
     return None
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """`data` to `path` atomically: a new temporary file in the same directory (created
-    exclusively, 0600, so a stale or planted one, or a symlink, is never reused or
-    followed), given `mode`, synced, renamed over `path`, and the directory synced."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass

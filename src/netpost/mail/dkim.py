@@ -20,11 +20,8 @@ message with RSA-2048): call it off the event loop.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from netpost.fsutil import write_atomic
 from netpost.mail.address import InvalidDomain, normalize_domain, parse_domain
 
 __all__ = [
@@ -110,27 +108,6 @@ def default_selector(now: float | None = None) -> str:
     return "np" + time.strftime("%Y%m", time.gmtime(time.time() if now is None else now))
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to `path` so that a crash leaves the old file or the new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def create_key(data_dir: Path, domain: str, selector: str | None = None) -> DKIMKey:
     """Make a new RSA-2048 key for `domain` and make it current (a rotation when the domain
     has a key already).  Without `selector`, `default_selector()` (with "-2", "-3"... when
@@ -153,8 +130,8 @@ def create_key(data_dir: Path, domain: str, selector: str | None = None) -> DKIM
                             serialization.PrivateFormat.TraditionalOpenSSL,  # dkimpy: PKCS#1
                             serialization.NoEncryption())
     path = directory / f"{name}.key"
-    _write_atomic(path, pem, 0o600)
-    _write_atomic(directory / CURRENT, name.encode("ascii") + b"\n", 0o644)
+    write_atomic(path, pem, 0o600)
+    write_atomic(directory / CURRENT, name.encode("ascii") + b"\n", 0o644)
     return DKIMKey(domain, name, path, current=True)
 
 

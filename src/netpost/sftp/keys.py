@@ -15,14 +15,13 @@ temporary file, fsync'd and renamed, so a reader sees the old list or the new on
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
 from netpost.files.trees import account_dir
+from netpost.fsutil import write_atomic
 
 HOST_KEY_NAME = "host_ed25519"
 
@@ -31,33 +30,13 @@ class BadKey(Exception):
     """A key that cannot be read or added; str() is fit for the user."""
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def ensure_host_key(data_dir: Path) -> tuple[asyncssh.SSHKey, Path, bool]:
     """(key, path, made_now): DATA/ssh/host_ed25519, made (Ed25519, 0600) if missing."""
     path = data_dir / "ssh" / HOST_KEY_NAME
     if path.exists():
         return asyncssh.read_private_key(str(path)), path, False
     key = asyncssh.generate_private_key("ssh-ed25519", comment="netpost host key")
-    _write_atomic(path, key.export_private_key("openssh"), 0o600)
+    write_atomic(path, key.export_private_key("openssh"), 0o600)
     return key, path, True
 
 
@@ -169,4 +148,4 @@ class AuthorizedKeys:
 
     def _save(self, address: str, keys: list[AuthorizedKey]) -> None:
         data = "".join(k.line + "\n" for k in keys).encode("utf-8")
-        _write_atomic(self.path(address), data, 0o600)
+        write_atomic(self.path(address), data, 0o600)
