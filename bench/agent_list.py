@@ -28,7 +28,6 @@ the table on stdout.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import random
 import shutil
@@ -44,16 +43,7 @@ NP_USER, DV_USER, PASSWORD = "big1@bench.test", "big1", "pass"
 BIG, SYNC = "bigbox", "sync10k"
 
 
-def peer_module():
-    spec = importlib.util.spec_from_file_location("peer_imap_bigbox",
-                                                  B.PEER_BENCH / "imap_bigbox.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-P = peer_module()
+P = B.peer_module("imap_bigbox.py")
 
 
 def fill(port: int, user: str, box: str, count: int) -> float:
@@ -190,11 +180,7 @@ def main() -> int:
         ports["netpost"] = a.netpost_port
         B.on_exit(lambda: shutil.rmtree(np_srv.data, ignore_errors=True))
     if "dovecot" in servers:
-        os.environ["DOVECOT_IMAP_PORT"] = str(B.free_port(
-            int(os.environ.get("DOVECOT_IMAP_PORT", 10143))))
-        os.environ["DOVECOT_POP3_PORT"] = str(B.free_port(
-            int(os.environ.get("DOVECOT_POP3_PORT", 10110))))
-        ports["dovecot"] = int(os.environ["DOVECOT_IMAP_PORT"])
+        ports["dovecot"] = B.dovecot_ports()
         B.on_exit(lambda: B.peer("dovecot.sh", "stop", check=False))
         B.on_exit(lambda: B.peer("dovecot.sh", "reset", DV_USER, check=False))
         B.peer("dovecot.sh", "start")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -84,6 +86,24 @@ def peer(script: str, *args: str, check: bool = True) -> str:
         raise RuntimeError(f"{script} {' '.join(args)} failed ({p.returncode}): "
                            f"{stderr.strip()[-500:]}")
     return stdout.strip()
+
+
+def peer_module(script: str) -> ModuleType:
+    """A script of the peer bench (`peer-bench/NAME.py`) loaded as a module, to reuse its
+    message generator and client helpers exactly."""
+    spec = importlib.util.spec_from_file_location(f"peer_{Path(script).stem}", PEER_BENCH / script)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def dovecot_ports() -> int:
+    """Free IMAP and POP3 ports for the Dovecot peer (DOVECOT_IMAP_PORT/DOVECOT_POP3_PORT,
+    its defaults 10143/10110 when free), set for `peer("dovecot.sh", ...)`; the IMAP port."""
+    for name, default in (("DOVECOT_IMAP_PORT", 10143), ("DOVECOT_POP3_PORT", 10110)):
+        os.environ[name] = str(free_port(int(os.environ.get(name, default))))
+    return int(os.environ["DOVECOT_IMAP_PORT"])
 
 
 def port_free(port: int) -> bool:

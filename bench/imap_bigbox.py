@@ -42,7 +42,6 @@ summary.md there, and the table + ratios on stdout. Exit 0 if every count checke
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import random
 import subprocess
@@ -58,16 +57,7 @@ FROM_TERM, BODY_TERM = "sender7@example.com", "omicron psi"
 MIB = 1 << 20
 
 
-def peer_module():
-    spec = importlib.util.spec_from_file_location("peer_imap_bigbox",
-                                                  B.PEER_BENCH / "imap_bigbox.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-P = peer_module()
+P = B.peer_module("imap_bigbox.py")
 
 
 def expected_hits(count: int) -> dict[str, int]:
@@ -245,11 +235,7 @@ def main() -> int:
         if not a.keep:
             B.on_exit(lambda: __import__("shutil").rmtree(np_srv.data, ignore_errors=True))
     if "dovecot" in servers:
-        os.environ["DOVECOT_IMAP_PORT"] = str(B.free_port(
-            int(os.environ.get("DOVECOT_IMAP_PORT", 10143))))
-        os.environ["DOVECOT_POP3_PORT"] = str(B.free_port(
-            int(os.environ.get("DOVECOT_POP3_PORT", 10110))))
-        ports["dovecot"] = int(os.environ["DOVECOT_IMAP_PORT"])
+        ports["dovecot"] = B.dovecot_ports()
         B.on_exit(lambda: B.peer("dovecot.sh", "stop", check=False))
         if not a.keep:
             B.on_exit(lambda: B.peer("dovecot.sh", "reset", DV_USER, check=False))

@@ -134,11 +134,7 @@ def main() -> int:
         B.on_exit(lambda: shutil.rmtree(template, ignore_errors=True))
         ports["netpost"] = a.netpost_port
     if "dovecot" in servers:
-        os.environ["DOVECOT_IMAP_PORT"] = str(B.free_port(
-            int(os.environ.get("DOVECOT_IMAP_PORT", 10143))))
-        os.environ["DOVECOT_POP3_PORT"] = str(B.free_port(
-            int(os.environ.get("DOVECOT_POP3_PORT", 10110))))
-        ports["dovecot"] = int(os.environ["DOVECOT_IMAP_PORT"])
+        ports["dovecot"] = B.dovecot_ports()
         B.on_exit(lambda: (
             [B.peer("dovecot.sh", "reset", f"u{i}", check=False) for i in range(1, USERS + 1)],
             B.peer("dovecot.sh", "stop", check=False)))

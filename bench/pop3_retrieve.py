@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import importlib.util
 import random
 import shutil
 import smtplib
@@ -43,11 +42,7 @@ DOVECOT_IMAP = 10143
 
 def messages() -> list[bytes]:
     """The fill_maildir.py messages, in its order and with its random seed, CRLF line ends."""
-    spec = importlib.util.spec_from_file_location("fill_maildir",
-                                                  B.PEER_BENCH / "fill_maildir.py")
-    assert spec and spec.loader
-    fm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fm)
+    fm = B.peer_module("fill_maildir.py")
     rnd = random.Random(1)
     return [fm.message(i, SIZE, rnd, "\n").replace(b"\n", b"\r\n") for i in range(COUNT)]
 
