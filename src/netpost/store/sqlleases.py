@@ -10,6 +10,7 @@ it without reading back its own writes.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import sqlite3
 from collections.abc import Sequence
@@ -127,19 +128,15 @@ class SQLiteLeases:
 
 
 ROWS_PER_INSERT = 256  # 11 parameters a row: well under SQLite's 32,766 a statement
-_INSERTS: dict[int, str] = {}
 
 
+@functools.cache  # at most ROWS_PER_INSERT texts
 def _insert(rows: int) -> str:
-    """INSERT OR REPLACE of `rows` leases in one statement (the text kept per row count, so
-    that the connection's statement cache finds it again)."""
-    sql = _INSERTS.get(rows)
-    if sql is None:
-        sql = _INSERTS[rows] = (
-            "INSERT OR REPLACE INTO leases (address, family, client, iaid, state, starts, "
+    """INSERT OR REPLACE of `rows` leases in one statement (the same text for the same row
+    count, so that the connection's statement cache finds it again)."""
+    return ("INSERT OR REPLACE INTO leases (address, family, client, iaid, state, starts, "
             "expires, hardware, hostname, subnet, relay) VALUES "
             + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows))
-    return sql
 
 
 def _canonical(address: str) -> str:
