@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
@@ -190,3 +191,51 @@ def test_a_big_batch_goes_out_paced_in_order() -> None:
         assert [d for d, _ in listener.sent] == [b"%d" % i for i in range(35)]
 
     asyncio.run(main())
+
+
+def test_pacing_keeps_up_when_the_loop_is_slow() -> None:
+    """The pace is replies per second of clock time: when a turn of the event loop takes
+    longer than the pause (a busy server), each turn sends that much more -- a fixed slice per
+    turn fell behind the requests and the backlog grew without end."""
+    async def main() -> None:
+        listener, leases = FakeListener(), FakeLeases()
+        c = committer(listener, leases, gather_time=0.0, send_slice=10, send_pause=0.001,
+                      min_pace=10_000.0)
+        for i in range(400):
+            c.hold([lease(f"10.0.{i // 200}.{i % 200}")], b"%d" % i, ("relay", 67))
+        c.flush()
+        while not listener.sent:
+            await asyncio.sleep(0)
+        turns = 0
+        while len(listener.sent) < 400:
+            time.sleep(0.01)  # a turn of the loop that takes 10 pauses
+            await asyncio.sleep(0)
+            turns += 1
+            assert turns < 100
+        # 10,000/s: some 100 a slow turn, not one slice (that would take 39 turns)
+        assert turns < 15, turns
+        assert [d for d, _ in listener.sent] == [b"%d" % i for i in range(400)]
+
+    asyncio.run(main())
+
+
+def test_pace_follows_the_arrival_rate() -> None:
+    """Replies are paced at a margin over the rate requests come in (a slow commit's backlog
+    drains without a burst), never below the floor."""
+    listener, leases = FakeListener(), FakeLeases()
+    c = committer(listener, leases, min_pace=100.0, pace_margin=1.5)
+    assert c.pace == 100.0  # nothing measured yet: the floor
+    started = time.monotonic()
+    while time.monotonic() - started < 0.3:  # some 2,000 requests a second for 0.3 s
+        for _ in range(10):
+            c._held.clear()
+            c._arrived += 1
+        c._measure_rate()
+        time.sleep(0.005)
+    assert 1000 < c.arrival_rate < 2200, c.arrival_rate
+    assert c.pace == 1.5 * c.arrival_rate
+    time.sleep(0.06)
+    c._measure_rate()  # the last window, with the last requests
+    time.sleep(0.3)  # a quiet spell: the next window says so at once
+    c._measure_rate()
+    assert c.arrival_rate == 0.0 and c.pace == 100.0

@@ -11,9 +11,13 @@ fsyncs, not one each.  When a transaction fails, its replies are never sent (the
 again) and the failure is counted and logged.
 
 A committed batch can be a few hundred replies, and a relay agent (or perfdhcp) takes them
-all on one socket: sent in one go they overflowed its receive buffer.  They go out paced
-instead, `send_slice` at a time with `send_pause` between (by their own task, so the next
-transaction does not wait for them).
+all on one socket: sent in one go they overflowed its receive buffer.  The first `send_slice`
+go at once; the rest are paced by their own task (the next transaction does not wait for
+them) at `pace_margin` times the rate requests arrive (measured over `rate_window`), never
+slower than `min_pace`: the replies leave about as fast as their requests came, as a server
+without group commit would send them, and a backlog left by a slow commit drains without a
+burst.  The pace is kept by the clock, not by counting wake-ups: one turn of a busy event loop
+can take several milliseconds.
 
 `AdminChanges.poll()` returns, at most once per `interval`, the leases an administrator
 changed since the last look (`netpost leases release`), for the handler to apply to its
@@ -36,8 +40,11 @@ log = logging.getLogger("netpost.dhcp")
 
 GATHER_TIME = 0.005  # seconds a commit waits for more leases to join it...
 GATHER_ENOUGH = 64  # ...unless this many replies are waiting already
-SEND_SLICE = 24  # replies of a committed batch sent at once...
-SEND_PAUSE = 0.001  # ...then this pause, while the loop reads and answers what came meanwhile
+SEND_SLICE = 24  # replies of a committed batch sent at once; the rest paced:
+SEND_PAUSE = 0.001  # seconds between the pacing task's turns
+PACE_MARGIN = 1.25  # replies per second, as a multiple of the requests' arrival rate...
+MIN_PACE = 2000.0  # ...and never fewer than this
+RATE_WINDOW = 0.05  # seconds over which the arrival rate is measured
 SYNC_INTERVAL = 1.0  # seconds between looks for leases the command line changed
 RECENT_BATCHES = 64  # commit sizes kept for the counters
 
@@ -58,7 +65,8 @@ class LeaseCommitter:
 
     def __init__(self, leases: Leases, listener: DatagramListener, name: str = "dhcp", *,
                  gather_time: float = GATHER_TIME, gather_enough: int = GATHER_ENOUGH,
-                 send_slice: int = SEND_SLICE, send_pause: float = SEND_PAUSE) -> None:
+                 send_slice: int = SEND_SLICE, send_pause: float = SEND_PAUSE,
+                 pace_margin: float = PACE_MARGIN, min_pace: float = MIN_PACE) -> None:
         self.leases = leases
         self.listener = listener
         self.name = name  # for the log: "dhcp" or "dhcp6"
@@ -66,6 +74,11 @@ class LeaseCommitter:
         self.gather_enough = gather_enough
         self.send_slice = max(1, send_slice)
         self.send_pause = send_pause
+        self.pace_margin = pace_margin
+        self.min_pace = min_pace
+        self.arrival_rate = 0.0  # replies held per second, lately
+        self._arrived = 0  # replies held since _rate_since
+        self._rate_since = time.monotonic()
         self.counters = CommitCounters()
         self._held: list[Lease] = []
         self._replies: list[tuple[bytes | None, tuple[str, int] | None]] = []
@@ -80,6 +93,7 @@ class LeaseCommitter:
         batch of datagrams to start the commit."""
         self._held.extend(leases)
         self._replies.append((reply, destination))
+        self._arrived += 1
         self.counters.replies_waiting += 1
 
     @property
@@ -90,11 +104,29 @@ class LeaseCommitter:
     def flush(self) -> None:
         """Start committing what is held, unless a commit task runs already (it takes what
         is held when its transaction ends)."""
+        self._measure_rate()
         if not self._replies or self._committing:
             return
         self._committing = True
         if not self.listener.spawn(self._commit_held()):
             self._committing = False
+
+    def _measure_rate(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._rate_since
+        if elapsed < RATE_WINDOW:
+            return
+        rate = self._arrived / elapsed
+        # a moving average over a few windows; a long quiet spell counts as one window
+        self.arrival_rate = rate if elapsed > 4 * RATE_WINDOW else \
+            (self.arrival_rate + rate) / 2
+        self._arrived = 0
+        self._rate_since = now
+
+    @property
+    def pace(self) -> float:
+        """Replies per second the pacing task sends."""
+        return max(self.min_pace, self.pace_margin * self.arrival_rate)
 
     async def _commit_held(self) -> None:
         """Commit what is held in one transaction, send its replies, repeat while more
@@ -132,11 +164,14 @@ class LeaseCommitter:
             self._committing = False
 
     def _send_some(self) -> None:
-        """Send the first slice of the committed replies now; the rest by the pacing task."""
+        """Send the first slice of the committed replies now, unless the pacing task has a
+        backlog still (they queue behind it); the rest by the pacing task."""
         outbox, send = self._outbox, self.listener.send
+        if self._sending:
+            return
         for _ in range(min(self.send_slice, len(outbox))):
             send(*outbox.popleft())
-        if outbox and not self._sending:
+        if outbox:
             self._sending = True
             if not self.listener.spawn(self._send_paced()):
                 self._sending = False
@@ -144,11 +179,19 @@ class LeaseCommitter:
                     send(*outbox.popleft())
 
     async def _send_paced(self) -> None:
-        outbox, send = self._outbox, self.listener.send
+        outbox, send, clock = self._outbox, self.listener.send, time.monotonic
+        last, due = clock(), 0.0
         try:
             while outbox:
                 await asyncio.sleep(self.send_pause)
-                for _ in range(min(self.send_slice, len(outbox))):
+                now = clock()
+                # as many as the time since the last turn allows at the pace: a slow turn of
+                # the loop must not slow the replies down
+                due += (now - last) * self.pace
+                last = now
+                n = min(int(due), len(outbox))
+                due -= n
+                for _ in range(n):
                     send(*outbox.popleft())
         finally:
             self._sending = False
