@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import imaplib
 import poplib
 import smtplib
@@ -66,3 +67,13 @@ def test_factory_with_chosen_listeners_and_accounts(
     with smtplib.SMTP(*server.address("smtp"), timeout=30) as s, \
             pytest.raises(smtplib.SMTPRecipientsRefused):
         s.sendmail("x@y.example", ["someone@gmail.com"], b"Subject: s\r\n\r\nb\r\n")
+
+
+def test_the_host_process_collector_is_left_alone(
+        netpost_factory: Callable[..., RunningNetpost]) -> None:
+    """`netpost serve` freezes its start-up objects and raises the young-generation threshold
+    (server.settle_garbage_collector); a server in a test's thread must not do that to the
+    test process."""
+    before = gc.get_threshold(), gc.get_freeze_count()
+    netpost_factory(listeners=("smtp",))
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before

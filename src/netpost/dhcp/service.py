@@ -21,7 +21,7 @@ from netpost.dhcp.service6 import LISTENER as DHCP6_LISTENER
 from netpost.dhcp.service6 import build6, subnet6_tables
 from netpost.dhcp.subnets import parse_subnets
 from netpost.dhcp.subnets6 import parse_subnets6
-from netpost.net.datagram import DatagramListener, freeze_startup_objects
+from netpost.net.datagram import DatagramListener
 from netpost.registry import BuildContext, ListenerDecl, Service, TLSMode, Transport, setting
 
 log = logging.getLogger("netpost.dhcp")
@@ -119,7 +119,6 @@ def build(ctx: BuildContext, decl: ListenerDecl) -> Any:
         ntp_here = ntp is not None and ntp.port == NTP_PORT and ntp.host in (
             "0.0.0.0", str(server))
         engine = DHCPEngine(subnets, settings, load_records(leases))
-        freeze_startup_objects()
         pinger = None
         if dhcp.ping_before_offer > 0:
             try:

@@ -24,7 +24,7 @@ from netpost.dhcp.server6 import (
     server_duid,
 )
 from netpost.dhcp.subnets6 import parse_subnets6
-from netpost.net.datagram import DatagramListener, freeze_startup_objects
+from netpost.net.datagram import DatagramListener
 from netpost.registry import BuildContext, ListenerDecl, TLSMode, Transport
 
 log = logging.getLogger("netpost.dhcp")
@@ -62,7 +62,6 @@ def build6(ctx: BuildContext) -> Callable[[DatagramListener], DHCP6Handler]:
             ntp_address = addresses[0]
         duid = server_duid(ctx.services.data_dir, interface)
         engine = DHCP6Engine(subnets, duid, settings, load_records6(leases))
-        freeze_startup_objects()
         return DHCP6Handler(listener, engine, Link6(addresses, ntp_address), leases)
 
     return factory

@@ -22,7 +22,6 @@ drop and count; an exception out of a handler is logged and counted, never fatal
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import platform
 import socket
@@ -373,12 +372,3 @@ class DatagramListener(asyncio.DatagramProtocol):
 def _peer_text(peer: tuple[str, int]) -> str:
     host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
     return f"{host}:{peer[1]}"
-
-
-def freeze_startup_objects() -> None:
-    """Move every object made so far (modules, config, the leases just loaded: they live as
-    long as the process) out of the garbage collector's reach (gc.freeze).  A full collection
-    walks every tracked object, some 20 ms per 100,000 here; a datagram server under load
-    stalls that long and its socket buffer overflows (seen with DHCP at 8,000 DORA/s).
-    Objects made later are collected as before."""
-    gc.freeze()
