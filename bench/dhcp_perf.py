@@ -3,7 +3,7 @@
 
 usage: bench/dhcp_perf.py [--runs 3] [--period 5] [--clients 20000]
            [--rates 1000,2000,...] [--servers netpost,kea] [--mode relay|broadcast]
-           [--profile]
+           [--profile] [--pin]
 (as root; NETPOST_SRC=DIR measures that source tree, default REPO/src, copied at start)
 
 Issue 9's target: netpost's leases/s at < 1 % drops >= 1.0x Kea's, both measured here.
@@ -15,8 +15,11 @@ address on its interface).  Nothing leaves the namespaces; both are removed at e
 The client (the same for both): perfdhcp from Debian's kea-admin, `perfdhcp -4 -r RATE -R
 CLIENTS -p PERIOD -W 500000 10.99.0.1` (--mode relay, the default: unicast to the server with
 giaddr = 10.99.0.2, replies to the relay port 67) or `perfdhcp -4 -B -l IF -r ...`
-(--mode broadcast: broadcast like real clients, broadcast flag set).  Each exchange is a full
-DORA; CLIENTS distinct MACs (the pool holds 64,000 addresses, more than CLIENTS).
+(--mode broadcast: broadcast like real clients, broadcast flag set).  Each exchange is a
+full DORA; CLIENTS distinct MACs (the pool holds 64,000 addresses, more than CLIENTS).
+--pin runs the server on CPU 1 and perfdhcp on CPU 0 (taskset), as if on two machines:
+without it they share both CPUs, and a server that uses more CPU (netpost, with its commit
+thread) slows perfdhcp down, which then drops replies in its own socket.
 A point is one perfdhcp invocation at one rate; its figure is perfdhcp's "Rate: N 4-way
 exchanges/second", and it counts when both DISCOVER-OFFER and REQUEST-ACK lose < 1 %.
 A run, per server (order rotating between runs): start the server fresh (new data dir /
@@ -237,6 +240,13 @@ def profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def pin(net: NamespacePair) -> None:
+    """Whatever runs in the server namespace on CPU 1, in the client's on CPU 0."""
+    in_server, in_client = net.in_server, net.in_client
+    net.in_server = lambda argv: in_server(["taskset", "-c", "1", *argv])  # type: ignore[method-assign]
+    net.in_client = lambda argv: in_client(["taskset", "-c", "0", *argv])  # type: ignore[method-assign]
+
+
 def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.Namespace,
           out: Path, run: int = 0) -> tuple[float, list[dict[str, float]]]:
     server.start()
@@ -288,6 +298,8 @@ def main() -> int:
     p.add_argument("--mode", choices=["relay", "broadcast"], default="relay")
     p.add_argument("--profile", action="store_true",
                    help="py-spy netpost during each point (see bench/profile_top.py)")
+    p.add_argument("--pin", action="store_true",
+                   help="server on CPU 1, perfdhcp on CPU 0 (taskset): as on two machines")
     args = p.parse_args()
     for tool in ("perfdhcp", "kea-dhcp4", "ip"):
         if shutil.which(tool) is None:
@@ -302,12 +314,17 @@ def main() -> int:
     net.up()
     on_exit(net.down)
     net.client("ip", "addr", "add", f"{CLIENT_ADDRESS}/16", "dev", net.client_if)
+    if args.pin:
+        if (os.cpu_count() or 1) < 2 or shutil.which("taskset") is None:
+            raise SystemExit("--pin needs two CPUs and taskset (util-linux)")
+        pin(net)
     servers: dict[str, Server] = {"netpost": NetpostDHCP(net, root), "kea": KeaDHCP(net, root)}
     v = {**versions(), **snapshot_src()}  # every netpost start of this run: the same code
     v["kea"] = subprocess.run(["kea-dhcp4", "-v"], capture_output=True, text=True).stdout.strip()
     v["perfdhcp"] = "kea-admin " + subprocess.run(
         ["dpkg-query", "-W", "-f", "${Version}", "kea-admin"], capture_output=True,
         text=True).stdout.strip()
+    v["cpu placement"] = "server CPU 1, perfdhcp CPU 0" if args.pin else "shared"
     note(f"versions: {v}")
     best: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
@@ -320,7 +337,8 @@ def main() -> int:
             cpu[name] += [p["cpu_us_per_dora"] for p in points
                           if p["DISCOVER-OFFER"] < 1.0 and p["REQUEST-ACK"] < 1.0]
             append_jsonl(out / "runs.jsonl", {"run": run, "server": name, "best": figure,
-                                              "points": points, "mode": args.mode})
+                                              "points": points, "mode": args.mode,
+                                              "pinned": args.pin})
     rows = [["server", "DORA/s at < 1 % drops: median [min–max]", "runs",
              "server CPU µs per DORA (points < 1 %)"]]
     for name in names:
