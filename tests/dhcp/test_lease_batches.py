@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
+from netpost.dhcp.engine import LeaseRecord
+from netpost.dhcp.server import to_lease, to_record
 from netpost.store.embedded import open_stores
 from netpost.store.interfaces import Lease
 from netpost.store.sqlleases import ROWS_PER_INSERT
@@ -56,3 +60,17 @@ def test_a_bad_row_stores_none_of_the_batch(tmp_path: Path) -> None:
         assert len(stores.leases.load_leases(4)) == 1
     finally:
         stores.close()
+
+
+def test_to_lease_makes_the_same_lease_as_its_constructor() -> None:
+    """server.to_lease skips the frozen dataclass's __init__: it must still give exactly what
+    Lease(...) gives, every field (a field added to Lease fails here until to_lease sets it)."""
+    record = LeaseRecord(IPv4Address("10.99.1.7"), b"hw:\x01\x02\x00\x00\x00\x00\x07", "bound",
+                         1000.0, 4600.0, "10.99.0.0/16", bytes.fromhex("020000000007"),
+                         "laptop", "10.99.0.2 circuit 0a")
+    made = to_lease(record)
+    assert made == Lease(address="10.99.1.7", client=record.client, state="bound",
+                         starts=1000.0, expires=4600.0, hardware="02:00:00:00:00:07",
+                         hostname="laptop", subnet="10.99.0.0/16", relay="10.99.0.2 circuit 0a")
+    assert set(vars(made)) == {f.name for f in fields(Lease)}
+    assert to_record(made) == record

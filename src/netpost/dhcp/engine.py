@@ -24,6 +24,7 @@ import logging
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import NamedTuple
 
 from netpost.dhcp.options import parse_client_fqdn, u32
 from netpost.dhcp.packet import (
@@ -85,9 +86,10 @@ class Binding:
                               BindingState.DECLINED) and self.expires > now
 
 
-@dataclass(frozen=True)
-class LeaseRecord:
-    """A binding as the lease store keeps it (the handler maps it to the store's `Lease`)."""
+class LeaseRecord(NamedTuple):
+    """A binding as the lease store keeps it (the handler maps it to the store's `Lease`).
+    A NamedTuple, as `Outcome`: one or two of each per DORA, made in a fifth of a frozen
+    dataclass's time."""
 
     address: IPv4Address
     client: bytes
@@ -100,8 +102,7 @@ class LeaseRecord:
     relay: str
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What to do about one message: `lease` (if any) must be durable before `reply` (if any)
     goes to `destination`.  `max_size` is the client's limit for the reply's octets."""
 

@@ -62,13 +62,22 @@ _STATES: dict[str, LeaseState] = {"bound": "bound", "released": "released",
                                   "declined": "declined", "expired": "expired"}
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
 def to_lease(record: LeaseRecord) -> Lease:
-    # inet_ntoa: the same dotted quad as str(), for a fifth of the time
-    return Lease(address=socket.inet_ntoa(record.address.packed), client=record.client,
-                 state=_STATES[record.state],
-                 starts=record.starts, expires=record.expires,
-                 hardware=record.hardware.hex(":"), hostname=record.hostname,
-                 subnet=record.subnet, relay=record.relay)
+    """The store's `Lease` for a record, every field given: made as packet.make_message
+    makes a Message (the frozen dataclass's __init__ sets its ten fields one
+    `object.__setattr__` at a time; this is one of them per ACK)."""
+    lease: Lease = _new(Lease)
+    _set(lease, "__dict__", {
+        # inet_ntoa: the same dotted quad as str(), for a fifth of the time
+        "address": socket.inet_ntoa(record.address.packed), "client": record.client,
+        "state": _STATES[record.state], "starts": record.starts, "expires": record.expires,
+        "iaid": None, "hardware": record.hardware.hex(":"), "hostname": record.hostname,
+        "subnet": record.subnet, "relay": record.relay})
+    return lease
 
 
 def to_record(lease: Lease) -> LeaseRecord:
