@@ -45,6 +45,7 @@ SEND_PAUSE = 0.001  # seconds between the pacing task's turns
 PACE_MARGIN = 1.25  # replies per second, as a multiple of the requests' arrival rate...
 MIN_PACE = 2000.0  # ...and never fewer than this
 RATE_WINDOW = 0.05  # seconds over which the arrival rate is measured
+MAX_CATCH_UP = 0.01  # seconds' worth of replies one turn of the pacing task may send
 SYNC_INTERVAL = 1.0  # seconds between looks for leases the command line changed
 RECENT_BATCHES = 64  # commit sizes kept for the counters
 
@@ -186,8 +187,10 @@ class LeaseCommitter:
                 await asyncio.sleep(self.send_pause)
                 now = clock()
                 # as many as the time since the last turn allows at the pace: a slow turn of
-                # the loop must not slow the replies down
-                due += (now - last) * self.pace
+                # the loop must not slow the replies down; but a stall (a long commit, a
+                # collection) earns at most MAX_CATCH_UP of them, not one burst of all
+                pace = self.pace
+                due = min(due + (now - last) * pace, max(1.0, pace * MAX_CATCH_UP))
                 last = now
                 n = min(int(due), len(outbox))
                 due -= n
