@@ -3,7 +3,7 @@
 with durable leases, in one run.
 
 usage: bench/dhcp6_perf.py [--runs 3] [--period 5] [--clients 20000]
-           [--rates 1000,2000,...] [--servers netpost,kea]
+           [--rates 1000,2000,...] [--servers netpost,kea] [--pin]
 (as root; NETPOST_SRC=DIR measures that source tree, default REPO/src, copied at start)
 
 Network: a pair of network namespaces made for the run (tests/support/netns.py), joined by a
@@ -17,6 +17,7 @@ is one perfdhcp invocation at one rate; its figure is perfdhcp's "Rate: N 4-way
 exchanges/second", and it counts when both SOLICIT-ADVERTISE and REQUEST-REPLY lose < 1 %.
 A run, per server (order rotating between runs): start the server fresh, then try the rates
 upwards; the run's figure is the best rate that kept < 1 % drops.  Median over runs.
+--pin: the server on CPU 1, perfdhcp on CPU 0 (taskset), as in bench/dhcp_perf.py.
 
 The servers, each inside the server namespace:
   netpost  `netpost serve --listen dhcp6=IF`, every other listener off, [[dhcp.subnets6]] with
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -48,10 +48,8 @@ sys.path.insert(0, str(HERE.parent))
 from benchlib import (  # noqa: E402
     BENCH_ROOT,
     append_jsonl,
-    listener_names,
     median,
     mmm,
-    netpost_cmd,
     note,
     on_exit,
     ratio_line,
@@ -59,8 +57,15 @@ from benchlib import (  # noqa: E402
     snapshot_src,
     table,
     tree_cpu_s,
-    udp_buffer_errors,
     versions,
+)
+from dhcpbench import (  # noqa: E402
+    Daemon,
+    KeaDaemon,
+    NetpostDaemon,
+    parse_perfdhcp,
+    pin,
+    udp_errors,
 )
 
 from tests.support.netns import NamespacePair  # noqa: E402
@@ -102,80 +107,6 @@ def kea_config(interface: str, leases: Path, log: Path) -> dict[str, object]:
     }}
 
 
-class Server:
-    name = ""
-
-    def __init__(self, net: NamespacePair, root: Path) -> None:
-        self.net = net
-        self.root = root
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
-class NetpostDHCP6(Server):
-    name = "netpost"
-
-    def start(self) -> None:
-        data = self.root / "netpost-data"
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(parents=True)
-        (data / "netpost.toml").write_text(NETPOST_TOML)
-        args: list[str] = []
-        for name in listener_names():
-            args += ["--listen", f"dhcp6={self.net.server_if}" if name == "dhcp6"
-                     else f"{name}=off"]
-        cmd, env = netpost_cmd()
-        log = self.root / "netpost.log"
-        self.proc = subprocess.Popen(self.net.in_server([*cmd, "--data", str(data), "serve",
-                                                         *args]),
-                                     stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 60
-        while "\nready" not in log.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"netpost did not start: {log.read_text()[-1500:]}")
-            time.sleep(0.05)
-
-
-class KeaDHCP6(Server):
-    name = "kea"
-
-    def start(self) -> None:
-        kea = self.root / "kea"
-        shutil.rmtree(kea, ignore_errors=True)
-        kea.mkdir(parents=True)
-        conf = kea / "kea-dhcp6.conf"
-        log = kea / "kea.log"
-        conf.write_text(json.dumps(kea_config(self.net.server_if, kea / "leases6.csv", log),
-                                   indent=1))
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KEA_PIDFILE_DIR": str(kea),
-               "KEA_LOCKFILE_DIR": str(kea)}
-        stdout = kea / "stdout.log"
-        self.proc = subprocess.Popen(self.net.in_server(["kea-dhcp6", "-c", str(conf)]),
-                                     stdout=stdout.open("w"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kea exited: {stdout.read_text()[-1500:]}")
-            if ":547 " in self.net.server("ss", "-uln").stdout:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"kea did not listen on 547 in 60 s; see {stdout}")
-
-
 def link_up6(net: NamespacePair) -> None:
     for run, interface in ((net.server, net.server_if), (net.client, net.client_if)):
         run("sysctl", "-qw", f"net.ipv6.conf.{interface}.accept_dad=0")
@@ -191,28 +122,10 @@ def link_up6(net: NamespacePair) -> None:
 
 
 EXCHANGES = ("SOLICIT-ADVERTISE", "REQUEST-REPLY")
+SNMP6 = "/proc/net/snmp6"  # UDP over IPv6: its own counters
 
 
-def parse_perfdhcp(out: str) -> dict[str, float]:
-    figures: dict[str, float] = {}
-    rate = re.search(r"Rate: ([\d.]+) 4-way exchanges/second", out)
-    figures["rate"] = float(rate.group(1)) if rate else 0.0
-    for exchange in EXCHANGES:
-        block = out.partition(f"Statistics for: {exchange}")[2]
-        drops = re.search(r"drops ratio: ([\d.]+) %", block)
-        sent = re.search(r"sent packets: (\d+)", block)
-        figures[exchange] = float(drops.group(1)) if drops else 100.0
-        figures[exchange + " sent"] = float(sent.group(1)) if sent else 0.0
-    return figures
-
-
-def udp_errors(net: NamespacePair) -> dict[str, int]:
-    """UDP buffer errors so far in each namespace (where datagrams were lost)."""
-    return {**udp_buffer_errors(net.server("cat", "/proc/net/snmp6").stdout, "server"),
-            **udp_buffer_errors(net.client("cat", "/proc/net/snmp6").stdout, "client")}
-
-
-def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.Namespace,
+def climb(net: NamespacePair, server: Daemon, rates: list[int], args: argparse.Namespace,
           out: Path) -> tuple[float, list[dict[str, float]]]:
     server.start()
     points: list[dict[str, float]] = []
@@ -221,17 +134,17 @@ def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.N
         for rate in rates:
             assert server.proc is not None
             load = os.getloadavg()[0]
-            errors = udp_errors(net)
+            errors = udp_errors(net, SNMP6)
             cpu = tree_cpu_s(server.proc.pid)
             argv = ["perfdhcp", "-6", "-l", net.client_if, "-r", str(rate), "-R",
                     str(args.clients), "-p", str(args.period), "-W", "500000"]
             result = net.client(*argv, timeout=args.period + 60)
             with (out / f"perfdhcp-{server.name}.log").open("a") as f:
                 f.write(f"$ {' '.join(argv)}\n{result.stdout}\n{result.stderr}\n")
-            figures = parse_perfdhcp(result.stdout)
+            figures = parse_perfdhcp(result.stdout, EXCHANGES)
             figures["asked"] = rate
             figures["load1"] = load  # the machine is shared: what else ran
-            lost = {k: v - errors.get(k, 0) for k, v in udp_errors(net).items()}
+            lost = {k: v - errors.get(k, 0) for k, v in udp_errors(net, SNMP6).items()}
             figures.update(lost)
             exchanges = figures["REQUEST-REPLY sent"]
             figures["cpu_us_per_exchange"] = (
@@ -258,6 +171,8 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=20000, help="perfdhcp -R: distinct DUIDs")
     p.add_argument("--rates", default=DEFAULT_RATES)
     p.add_argument("--servers", default="netpost,kea")
+    p.add_argument("--pin", action="store_true",
+                   help="server on CPU 1, perfdhcp on CPU 0 (taskset): as on two machines")
     args = p.parse_args()
     names = args.servers.split(",")
     for tool in ("perfdhcp", "ip", *(["kea-dhcp6"] if "kea" in names else [])):
@@ -272,8 +187,11 @@ def main() -> int:
     net.up()
     on_exit(net.down)
     link_up6(net)
-    servers: dict[str, Server] = {"netpost": NetpostDHCP6(net, root),
-                                  "kea": KeaDHCP6(net, root)}
+    if args.pin:
+        pin(net)
+    servers: dict[str, Daemon] = {
+        "netpost": NetpostDaemon(net, root, "dhcp6", NETPOST_TOML),
+        "kea": KeaDaemon(net, root, "kea-dhcp6", 547, kea_config)}
     v = {**versions(), **snapshot_src()}
     if "kea" in names:
         v["kea"] = subprocess.run(["kea-dhcp6", "-v"], capture_output=True,
@@ -281,6 +199,7 @@ def main() -> int:
     v["perfdhcp"] = "kea-admin " + subprocess.run(
         ["dpkg-query", "-W", "-f", "${Version}", "kea-admin"], capture_output=True,
         text=True).stdout.strip()
+    v["cpu placement"] = "server CPU 1, perfdhcp CPU 0" if args.pin else "shared"
     note(f"versions: {v}")
     best: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
@@ -293,7 +212,7 @@ def main() -> int:
             cpu[name] += [p["cpu_us_per_exchange"] for p in points
                           if all(p[e] < 1.0 for e in EXCHANGES)]
             append_jsonl(out / "runs.jsonl", {"run": run, "server": name, "best": figure,
-                                              "points": points})
+                                              "points": points, "pinned": args.pin})
     rows = [["server", "exchanges/s at < 1 % drops: median [min–max]", "runs",
              "server CPU µs per exchange (points < 1 %)"]]
     for name in names:

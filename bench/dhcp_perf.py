@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -60,10 +59,8 @@ from benchlib import (  # noqa: E402
     BENCH_ROOT,
     PYSPY,
     append_jsonl,
-    listener_names,
     median,
     mmm,
-    netpost_cmd,
     note,
     on_exit,
     ratio_line,
@@ -71,8 +68,15 @@ from benchlib import (  # noqa: E402
     snapshot_src,
     table,
     tree_cpu_s,
-    udp_buffer_errors,
     versions,
+)
+from dhcpbench import (  # noqa: E402
+    Daemon,
+    KeaDaemon,
+    NetpostDaemon,
+    parse_perfdhcp,
+    pin,
+    udp_errors,
 )
 
 from tests.support.netns import SERVER_ADDRESS, NamespacePair  # noqa: E402
@@ -82,6 +86,7 @@ NETWORK = "10.99.0.0/16"
 POOL = ("10.99.1.0", "10.99.250.255")
 LEASE_TIME = 3600
 DEFAULT_RATES = "1000,2000,3000,4000,5000,6000,7000,8000,9000,10000,12000,14000,16000"
+EXCHANGES = ("DISCOVER-OFFER", "REQUEST-ACK")
 
 NETPOST_TOML = f"""
 [dhcp]
@@ -116,97 +121,6 @@ def kea_config(interface: str, leases: Path, log: Path) -> dict[str, object]:
     }}
 
 
-class Server:
-    name = ""
-
-    def __init__(self, net: NamespacePair, root: Path) -> None:
-        self.net = net
-        self.root = root
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def _wait_listening(self, log: Path) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {log.read_text()[-1500:]}")
-            if ":67 " in self.net.server("ss", "-uln").stdout:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not listen on 67 in 60 s; see {log}")
-
-
-class NetpostDHCP(Server):
-    name = "netpost"
-
-    def start(self) -> None:
-        data = self.root / "netpost-data"
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(parents=True)
-        (data / "netpost.toml").write_text(NETPOST_TOML)
-        args: list[str] = []
-        for name in listener_names():
-            args += ["--listen", f"dhcp={self.net.server_if}" if name == "dhcp"
-                     else f"{name}=off"]
-        cmd, env = netpost_cmd()
-        log = self.root / "netpost.log"
-        self.proc = subprocess.Popen(self.net.in_server([*cmd, "--data", str(data), "serve",
-                                                         *args]),
-                                     stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 60
-        while "\nready" not in log.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"netpost did not start: {log.read_text()[-1500:]}")
-            time.sleep(0.05)
-
-
-class KeaDHCP(Server):
-    name = "kea"
-
-    def start(self) -> None:
-        kea = self.root / "kea"
-        shutil.rmtree(kea, ignore_errors=True)
-        kea.mkdir(parents=True)
-        conf = kea / "kea-dhcp4.conf"
-        log = kea / "kea.log"
-        conf.write_text(json.dumps(kea_config(self.net.server_if, kea / "leases4.csv", log),
-                                   indent=1))
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KEA_PIDFILE_DIR": str(kea),
-               "KEA_LOCKFILE_DIR": str(kea)}
-        self.proc = subprocess.Popen(self.net.in_server(["kea-dhcp4", "-c", str(conf)]),
-                                     stdout=(kea / "stdout.log").open("w"),
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env)
-        self._wait_listening(kea / "stdout.log")
-
-
-def parse_perfdhcp(out: str) -> dict[str, float]:
-    """Rate and the drops ratios of perfdhcp's report."""
-    figures: dict[str, float] = {}
-    rate = re.search(r"Rate: ([\d.]+) 4-way exchanges/second", out)
-    figures["rate"] = float(rate.group(1)) if rate else 0.0
-    for exchange in ("DISCOVER-OFFER", "REQUEST-ACK"):
-        block = out.partition(f"Statistics for: {exchange}")[2]
-        drops = re.search(r"drops ratio: ([\d.]+) %", block)
-        sent = re.search(r"sent packets: (\d+)", block)
-        figures[exchange] = float(drops.group(1)) if drops else 100.0
-        figures[exchange + " sent"] = float(sent.group(1)) if sent else 0.0
-    return figures
-
-
 def perfdhcp(net: NamespacePair, mode: str, rate: int, clients: int, period: int,
              log: Path) -> dict[str, float]:
     if mode == "relay":
@@ -218,14 +132,7 @@ def perfdhcp(net: NamespacePair, mode: str, rate: int, clients: int, period: int
     result = net.client(*argv, timeout=period + 60)
     with log.open("a") as f:
         f.write(f"$ {' '.join(argv)}\n{result.stdout}\n{result.stderr}\n")
-    return parse_perfdhcp(result.stdout)
-
-
-def udp_errors(net: NamespacePair) -> dict[str, int]:
-    """UDP buffer errors so far in each namespace: where datagrams were lost -- the
-    receiver's socket buffer full (RcvbufErrors) or the sender's (SndbufErrors)."""
-    return {**udp_buffer_errors(net.server("cat", "/proc/net/snmp").stdout, "server"),
-            **udp_buffer_errors(net.client("cat", "/proc/net/snmp").stdout, "client")}
+    return parse_perfdhcp(result.stdout, EXCHANGES)
 
 
 def profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -240,14 +147,7 @@ def profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def pin(net: NamespacePair) -> None:
-    """Whatever runs in the server namespace on CPU 1, in the client's on CPU 0."""
-    in_server, in_client = net.in_server, net.in_client
-    net.in_server = lambda argv: in_server(["taskset", "-c", "1", *argv])  # type: ignore[method-assign]
-    net.in_client = lambda argv: in_client(["taskset", "-c", "0", *argv])  # type: ignore[method-assign]
-
-
-def climb(net: NamespacePair, server: Server, rates: list[int], args: argparse.Namespace,
+def climb(net: NamespacePair, server: Daemon, rates: list[int], args: argparse.Namespace,
           out: Path, run: int = 0) -> tuple[float, list[dict[str, float]]]:
     server.start()
     points: list[dict[str, float]] = []
@@ -315,10 +215,10 @@ def main() -> int:
     on_exit(net.down)
     net.client("ip", "addr", "add", f"{CLIENT_ADDRESS}/16", "dev", net.client_if)
     if args.pin:
-        if (os.cpu_count() or 1) < 2 or shutil.which("taskset") is None:
-            raise SystemExit("--pin needs two CPUs and taskset (util-linux)")
         pin(net)
-    servers: dict[str, Server] = {"netpost": NetpostDHCP(net, root), "kea": KeaDHCP(net, root)}
+    servers: dict[str, Daemon] = {
+        "netpost": NetpostDaemon(net, root, "dhcp", NETPOST_TOML),
+        "kea": KeaDaemon(net, root, "kea-dhcp4", 67, kea_config)}
     v = {**versions(), **snapshot_src()}  # every netpost start of this run: the same code
     v["kea"] = subprocess.run(["kea-dhcp4", "-v"], capture_output=True, text=True).stdout.strip()
     v["perfdhcp"] = "kea-admin " + subprocess.run(
