@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchlib import listener_names, netpost_cmd, udp_buffer_errors
+from benchlib import listener_names, netpost_cmd, stop_process, udp_buffer_errors
 
 from tests.support.netns import NamespacePair
 
@@ -35,13 +35,8 @@ class Daemon:
         raise NotImplementedError
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def _launch(self, argv: Sequence[str], log: Path,

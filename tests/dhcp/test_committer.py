@@ -193,19 +193,27 @@ def test_a_big_batch_goes_out_paced_in_order() -> None:
     asyncio.run(main())
 
 
+async def paced_backlog(listener: FakeListener, replies: int) -> LeaseCommitter:
+    """A committer pacing at 10,000 replies/s, `replies` held and committed at once: returns
+    when the first slice (10) has gone, the rest waiting for the pacing task."""
+    c = committer(listener, FakeLeases(), gather_time=0.0, send_slice=10, send_pause=0.001,
+                  min_pace=10_000.0)
+    for i in range(replies):
+        c.hold([lease(f"10.{i // 40_000}.{i // 200 % 200}.{i % 200}")], b"%d" % i,
+               ("relay", 67))
+    c.flush()
+    while not listener.sent:
+        await asyncio.sleep(0)
+    return c
+
+
 def test_pacing_keeps_up_when_the_loop_is_slow() -> None:
     """The pace is replies per second of clock time: when a turn of the event loop takes
     longer than the pause (a busy server), each turn sends that much more -- a fixed slice per
     turn fell behind the requests and the backlog grew without end."""
     async def main() -> None:
-        listener, leases = FakeListener(), FakeLeases()
-        c = committer(listener, leases, gather_time=0.0, send_slice=10, send_pause=0.001,
-                      min_pace=10_000.0)
-        for i in range(400):
-            c.hold([lease(f"10.0.{i // 200}.{i % 200}")], b"%d" % i, ("relay", 67))
-        c.flush()
-        while not listener.sent:
-            await asyncio.sleep(0)
+        listener = FakeListener()
+        await paced_backlog(listener, 400)
         turns = 0
         while len(listener.sent) < 400:
             time.sleep(0.01)  # a turn of the loop that takes 10 pauses
@@ -247,14 +255,8 @@ def test_a_stall_does_not_release_the_backlog_in_one_burst() -> None:
     """After the loop stalled (100 ms here), one turn sends at most 10 ms' worth at the pace,
     not everything that waited."""
     async def main() -> None:
-        listener, leases = FakeListener(), FakeLeases()
-        c = committer(listener, leases, gather_time=0.0, send_slice=10, send_pause=0.001,
-                      min_pace=10_000.0)
-        for i in range(1000):
-            c.hold([lease(f"10.1.{i // 200}.{i % 200}")], b"%d" % i, ("relay", 67))
-        c.flush()
-        while not listener.sent:
-            await asyncio.sleep(0)
+        listener = FakeListener()
+        await paced_backlog(listener, 1000)
         await asyncio.sleep(0.002)  # the pacing task's first turn: its clock starts
         before = len(listener.sent)
         time.sleep(0.1)  # a stall: 1,000 replies' worth at 10,000/s
