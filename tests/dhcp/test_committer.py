@@ -79,14 +79,14 @@ def test_replies_wait_for_their_transaction_and_go_together() -> None:
         for i in range(3):
             c.hold([lease(f"10.0.0.{i}")], b"ack%d" % i, ("10.0.0.254", 67))
         c.hold([lease("10.0.0.9", "released")], None, None)  # a RELEASE: recorded, no reply
-        assert c.counters.replies_waiting == 4 and c.waiting == 4
+        assert c.waiting == 4
         c.flush()
         assert listener.sent == []  # nothing before the commit
         await listener.idle()
         assert leases.transactions == [["10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.9"]]
         assert [d for d, _ in listener.sent] == [b"ack0", b"ack1", b"ack2"]
         assert c.counters.commits == 1 and c.counters.committed == 4
-        assert c.counters.replies_waiting == 0 and c.counters.batches == [4]
+        assert c.waiting == 0 and c.counters.batches == [4]
 
     asyncio.run(main())
 
@@ -104,6 +104,7 @@ def test_replies_held_during_a_transaction_go_in_the_next() -> None:
         c.hold([lease("10.0.0.3"), lease("10.0.0.4")], b"a3", ("h", 68))
         c.flush()  # a commit runs already: no second task
         assert len(listener.tasks) == 1
+        assert c.waiting == 3  # one in the transaction, two held for the next
         assert listener.sent == []
         leases.gate.set()
         await listener.idle()
@@ -123,7 +124,7 @@ def test_a_failed_transaction_sends_nothing_and_the_next_goes_on() -> None:
         c.flush()
         await listener.idle()
         assert listener.sent == [] and leases.transactions == []
-        assert c.counters.commit_failures == 1 and c.counters.replies_waiting == 0
+        assert c.counters.commit_failures == 1 and c.waiting == 0
         c.hold([lease("10.0.0.2")], b"kept", ("h", 68))
         c.flush()
         await listener.idle()

@@ -55,7 +55,6 @@ class CommitCounters:
     commits: int = 0  # transactions
     committed: int = 0  # leases in them
     commit_failures: int = 0
-    replies_waiting: int = 0  # replies waiting for their commit now
     batches: list[int] = field(default_factory=list)  # recent commit sizes (leases)
     commit_seconds: float = 0.0  # time in transactions (thread hand-off included)
     slowest_commit: float = 0.0  # the longest, in seconds
@@ -84,6 +83,7 @@ class LeaseCommitter:
         self._held: list[Lease] = []
         self._replies: list[tuple[bytes | None, tuple[str, int] | None]] = []
         self._committing = False
+        self._in_flight = 0  # replies of the transaction running
         self._outbox: deque[tuple[bytes, tuple[str, int]]] = deque()  # committed, not sent
         self._sending = False
 
@@ -95,12 +95,11 @@ class LeaseCommitter:
         self._held.extend(leases)
         self._replies.append((reply, destination))
         self._arrived += 1
-        self.counters.replies_waiting += 1
 
     @property
     def waiting(self) -> int:
-        """Replies held now."""
-        return len(self._replies)
+        """Replies waiting for their commit now: held, or in the transaction running."""
+        return len(self._replies) + self._in_flight
 
     def flush(self) -> None:
         """Start committing what is held, unless a commit task runs already (it takes what
@@ -141,23 +140,24 @@ class LeaseCommitter:
                     await asyncio.sleep(self.gather_time)
                 leases, self._held = self._held, []
                 replies, self._replies = self._replies, []
+                self._in_flight = len(replies)
                 started = time.monotonic()
                 try:
                     if leases:
                         await asyncio.to_thread(self.leases.commit_leases, leases)
                 except Exception:
                     counters.commit_failures += 1
-                    counters.replies_waiting -= len(replies)
                     log.exception("%s: %d leases not committed; their replies are not sent "
                                   "(the clients will ask again)", self.name, len(leases))
                     continue
+                finally:
+                    self._in_flight = 0
                 took = time.monotonic() - started
                 counters.commit_seconds += took
                 counters.slowest_commit = max(counters.slowest_commit, took)
                 counters.commits += 1
                 counters.committed += len(leases)
                 counters.batches = [*counters.batches[-(RECENT_BATCHES - 1):], len(leases)]
-                counters.replies_waiting -= len(replies)
                 self._outbox.extend((data, destination) for data, destination in replies
                                     if data is not None and destination is not None)
                 self._send_some()
