@@ -285,10 +285,7 @@ def decode(data: bytes) -> Message:
         found.pop(Option.OVERLOAD, None)  # an overload inside file/sname is meaningless
     return make_message(
         op, xid, chaddr[:hlen], htype, hops, secs, flags,
-        ZERO if ciaddr == _ZERO_PACKED else _address(ciaddr),
-        ZERO if yiaddr == _ZERO_PACKED else _address(yiaddr),
-        ZERO if siaddr == _ZERO_PACKED else _address(siaddr),
-        ZERO if giaddr == _ZERO_PACKED else _address(giaddr),
+        _address(ciaddr), _address(yiaddr), _address(siaddr), _address(giaddr),
         sname.rstrip(b"\0"), file.rstrip(b"\0"),
         found,
     )
@@ -355,17 +352,7 @@ def encode(message: Message, max_size: int | None = None) -> bytes:
     if len(message.chaddr) > 16:
         raise PacketError("chaddr is longer than 16 octets")
     wire = message.wire_options
-    if wire is not None:
-        body = wire + b"\xff"
-    else:
-        pieces: list[bytes] = []
-        for code, value in _ordered(message.options):
-            if len(value) <= 255:
-                pieces += (bytes((code, len(value))), value)
-            else:
-                pieces += option_instances(code, value)
-        pieces.append(b"\xff")
-        body = b"".join(pieces)
+    body = (encode_options(message.options) if wire is None else wire) + b"\xff"
     room = None if max_size is None else max_size - IP_UDP_HEADERS - MIN_SIZE
     if room is not None and len(body) > room:
         items = _ordered(message.options)
