@@ -14,6 +14,7 @@ from netpost.dhcp.engine import (
 )
 from netpost.dhcp.packet import (
     BOOTREQUEST,
+    ZERO,
     Message,
     MessageType,
     Option,
@@ -321,3 +322,33 @@ def test_reservation_by_client_id_and_fqdn_recorded() -> None:
     other = engine.handle(msg(MessageType.DISCOVER, 3), LINK, T0 + 1)
     assert other is not None and other.reply is not None
     assert other.reply.yiaddr != IPv4Address("10.99.0.7")
+
+
+def test_two_links_of_one_engine_each_get_their_subnet() -> None:
+    """The engine keeps the last link's (or relay's) subnet: alternating links and relays
+    must still each get their own."""
+    engine = DHCPEngine(parse_subnets([
+        {"network": "10.99.0.0/24", "pools": ["10.99.0.10-10.99.0.20"]},
+        {"network": "10.98.0.0/24", "pools": ["10.98.0.10-10.98.0.20"]},
+        {"network": "10.97.0.0/24", "pools": ["10.97.0.10-10.97.0.20"]}]))
+    other = Link(IPv4Address("10.98.0.1"))
+    seen = []
+    for n, (link, giaddr) in enumerate([(LINK, "0.0.0.0"), (other, "0.0.0.0"),
+                                        (LINK, "10.97.0.2"), (LINK, "0.0.0.0"),
+                                        (other, "10.97.0.2"), (other, "0.0.0.0")], 1):
+        offer = engine.handle(msg(MessageType.DISCOVER, n, giaddr=giaddr), link, T0)
+        assert offer is not None and offer.reply is not None
+        seen.append(str(offer.reply.yiaddr).rsplit(".", 2)[0])
+    assert seen == ["10.99", "10.98", "10.97", "10.99", "10.97", "10.98"]
+
+
+def test_an_unspecified_address_is_always_the_shared_zero() -> None:
+    """The engine tests address fields with `is ZERO`: a Message made with its own
+    0.0.0.0 object holds the shared one."""
+    m = Message(op=BOOTREQUEST, xid=1, chaddr=mac(1), ciaddr=IPv4Address("0.0.0.0"),
+                yiaddr=IPv4Address(0), siaddr=IPv4Address("0.0.0.0"),
+                giaddr=IPv4Address("0.0.0.0"))
+    assert m.ciaddr is ZERO and m.yiaddr is ZERO and m.siaddr is ZERO and m.giaddr is ZERO
+    assert decode(encode(m)).giaddr is ZERO
+    relayed = Message(op=BOOTREQUEST, xid=1, chaddr=mac(1), giaddr=IPv4Address("10.97.0.2"))
+    assert relayed.giaddr == IPv4Address("10.97.0.2")

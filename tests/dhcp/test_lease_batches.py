@@ -74,3 +74,21 @@ def test_to_lease_makes_the_same_lease_as_its_constructor() -> None:
                          hostname="laptop", subnet="10.99.0.0/16", relay="10.99.0.2 circuit 0a")
     assert set(vars(made)) == {f.name for f in fields(Lease)}
     assert to_record(made) == record
+
+
+def test_a_lease_for_an_address_with_a_row_updates_it_and_clears_the_admin_mark(
+        tmp_path: Path) -> None:
+    """commit_leases upserts: the row of an address is updated in place (a new client, a
+    new state, times), and an administrator's earlier release stops being news."""
+    stores = open_stores(tmp_path)
+    try:
+        stores.leases.commit_leases([v4(1, b"hw:\x01a")])
+        stores.leases.release_lease("10.99.0.1", 200.0)
+        changed, serial = stores.leases.leases_changed_since(0)
+        assert [lease.address for lease in changed] == ["10.99.0.1"]
+        stores.leases.commit_leases([v4(1, b"hw:\x01b", 9000.0)])
+        assert stores.leases.get_lease("10.99.0.1") == v4(1, b"hw:\x01b", 9000.0)
+        assert stores.leases.leases_changed_since(0)[0] == []
+        assert stores.leases.load_leases(4) == [v4(1, b"hw:\x01b", 9000.0)]
+    finally:
+        stores.close()

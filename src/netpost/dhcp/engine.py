@@ -174,9 +174,11 @@ class _Limiter:
                 self.buckets.clear()
             self.buckets[key] = _Bucket(self.burst - 1.0, now)
             return True
-        elapsed = max(0.0, now - bucket.stamp)  # a clock set back gives no tokens, takes none
-        bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
-        bucket.stamp = max(now, bucket.stamp)
+        elapsed = now - bucket.stamp
+        if elapsed > 0.0:  # a clock set back gives no tokens, takes none
+            tokens = bucket.tokens + elapsed * self.rate
+            bucket.tokens = tokens if tokens < self.burst else float(self.burst)
+            bucket.stamp = now
         if bucket.tokens < 1.0:
             return False
         bucket.tokens -= 1.0
@@ -204,6 +206,8 @@ class DHCPEngine:
                            tuple[dict[int, bytes], bytes]] = {}
         self._full_until: dict[int, tuple[float, int]] = {}  # subnet -> (until, _freed then)
         self._freed = 0  # bumped whenever a binding ends early (release, forget)
+        self._last_where: IPv4Address | None = None  # _subnet_of's last question...
+        self._last_subnet: Subnet | None = None  # ...and answer
         for record in leases:
             self._load(record)
 
@@ -223,10 +227,21 @@ class DHCPEngine:
         self._place(binding)
 
     def _place(self, binding: Binding) -> None:
-        old = self.by_address.get(binding.address)
+        by_address = self.by_address
+        old = by_address.get(binding.address)
+        key = (self._subnet_index[id(binding.subnet)], binding.client)
+        if old is not None and self.by_client.get(key) is old:
+            # The client's own binding of this address, replaced (an offer taken up, a
+            # renewal): what _forget and the general case below do, in short.
+            self._freed += 1
+            self._circuit_done(old)
+            by_address[binding.address] = binding
+            self.by_client[key] = binding
+            if binding.state is BindingState.BOUND and binding.relay:
+                self._circuits[binding.relay] = self._circuits.get(binding.relay, 0) + 1
+            return
         if old is not None:
             self._forget(old)
-        key = (self._subnet_index[id(binding.subnet)], binding.client)
         previous = self.by_client.get(key)
         if previous is not None and previous is not binding and binding.client:
             # One binding per client and subnet: the old address goes back to the pool.
@@ -298,7 +313,7 @@ class DHCPEngine:
         received = self.stats.received
         received[name] = received.get(name, 0) + 1
         giaddr = message.giaddr
-        if giaddr is not ZERO and giaddr != ZERO and not self._relays.allow(int(giaddr), now):
+        if giaddr is not ZERO and not self._relays.allow(int(giaddr), now):
             self.stats.rate_limited_relay += 1
             return None
         if not self._clients.allow(message.chaddr, now):
@@ -320,9 +335,16 @@ class DHCPEngine:
     # -- RFC 2131 4.3.1: DHCPDISCOVER --------------------------------------------------------
 
     def _subnet_of(self, message: Message, link: Link) -> Subnet | None:
-        """RFC 2131 4.3.1: the subnet of giaddr when relayed, else of the receiving link."""
-        where = message.giaddr if message.giaddr != ZERO else link.server_address
-        subnet = find_subnet(self.subnets, where)
+        """RFC 2131 4.3.1: the subnet of giaddr when relayed, else of the receiving link.
+        The last answer is kept: message after message comes through the same relay or
+        link (one shared address object each: packet._address, Link)."""
+        giaddr = message.giaddr
+        where = giaddr if giaddr is not ZERO else link.server_address
+        if where is self._last_where:
+            subnet = self._last_subnet
+        else:
+            subnet = find_subnet(self.subnets, where)
+            self._last_where, self._last_subnet = where, subnet
         if subnet is None:
             self.stats.no_subnet += 1
         return subnet
@@ -352,7 +374,8 @@ class DHCPEngine:
                 now: float) -> int | None:
         """RFC 2131 4.3.1's order: the client's reservation, its current or previous
         address, the address it asks for, then a free one from the pool."""
-        reservation = subnet.reservation_for(message.chaddr, message.client_identifier)
+        reservation = subnet.reservation_for(message.chaddr, message.client_identifier) \
+            if subnet.reservations else None
         if reservation is not None:
             address = int(reservation.address)
             return address if self._free_for(address, client, now) else None
@@ -390,9 +413,10 @@ class DHCPEngine:
         ranges = subnet.ranges
         by_address = self.by_address
         reserved = subnet.reserved_addresses
+        single = ranges[0][0] if len(ranges) == 1 else None
         for step in range(size):
             offset = (cursor + step) % size
-            address = _nth(ranges, offset)
+            address = single + offset if single is not None else _nth(ranges, offset)
             held = by_address.get(address)
             if (held is None or held.state is BindingState.OFFERED and held.expires <= now) \
                     and address not in reserved:
@@ -442,7 +466,7 @@ class DHCPEngine:
                 return None
             address = requested if requested is not None else message.ciaddr
             return self._commit(message, link, subnet, client, address, now)
-        if message.ciaddr == ZERO:
+        if message.ciaddr is ZERO:
             # INIT-REBOOT: the client checks an address it had.
             if requested is None:
                 self.stats.ignored += 1
@@ -494,7 +518,7 @@ class DHCPEngine:
 
     def _withdraw_offer(self, message: Message, client: bytes, link: Link, now: float) -> None:
         """RFC 2131 4.3.2: a REQUEST naming another server declines our offer."""
-        subnet = find_subnet(self.subnets, message.giaddr if message.giaddr != ZERO
+        subnet = find_subnet(self.subnets, message.giaddr if message.giaddr is not ZERO
                              else link.server_address)
         if subnet is None:
             return
@@ -506,16 +530,20 @@ class DHCPEngine:
                 address: IPv4Address, now: float) -> Outcome:
         """ACK `address` to the client if it may have it, else NAK."""
         value = int(address)
-        reservation = subnet.reservation_for(message.chaddr, message.client_identifier)
+        held = self.by_address.get(value)
+        # _free_for and _usable, with the binding at hand
+        free = held is None or not held.active(now) or \
+            held.client == client and held.state is not BindingState.DECLINED
+        reservation = subnet.reservation_for(message.chaddr, message.client_identifier) \
+            if subnet.reservations else None
         if reservation is not None:
-            allowed = int(reservation.address) == value and self._free_for(value, client, now)
+            allowed = int(reservation.address) == value and free
         else:
-            allowed = self._usable(subnet, value, client, now)
+            allowed = free and subnet.in_pool(value) and value not in subnet.reserved_addresses
         if not allowed:
             return self._nak(message, link, "requested address not available")
         relay = self._relay_text(message)
         limit = self.settings.max_leases_per_circuit
-        held = self.by_address.get(value)
         renewing = held is not None and held.client == client and held.state is BindingState.BOUND
         if limit and relay and not renewing and self._circuits.get(relay, 0) >= limit:
             self.stats.circuit_limited += 1
@@ -524,7 +552,7 @@ class DHCPEngine:
         binding = Binding(value, client, BindingState.BOUND, now, now + lease_time, subnet,
                           message.chaddr, self._hostname(message, subnet, value), relay)
         self._place(binding)
-        record = LeaseRecord(address, client, BindingState.BOUND.value, now, binding.expires,
+        record = LeaseRecord(address, client, _BOUND, now, binding.expires,
                              subnet.name, message.chaddr, binding.hostname, relay)
         reply = self._reply(message, MessageType.ACK, link, subnet, address, lease_time)
         return self._out(reply, message, record)
@@ -542,7 +570,7 @@ class DHCPEngine:
             options[Option.CLIENT_IDENTIFIER] = client_id
         self._echo_agent(message, options)
         flags = message.flags
-        if message.giaddr != ZERO:
+        if message.giaddr is not ZERO:
             flags |= BROADCAST_FLAG
             destination = (str(message.giaddr), SERVER_PORT)
         else:
@@ -596,8 +624,8 @@ class DHCPEngine:
 
     def _inform(self, message: Message, link: Link) -> Outcome | None:
         """RFC 2131 4.3.5: configuration only, no lease, no lease time; sent to ciaddr."""
-        where = message.giaddr if message.giaddr != ZERO else message.ciaddr
-        subnet = find_subnet(self.subnets, where) if where != ZERO else None
+        where = message.giaddr if message.giaddr is not ZERO else message.ciaddr
+        subnet = find_subnet(self.subnets, where) if where is not ZERO else None
         if subnet is None:
             subnet = self._subnet_of(message, link)
         if subnet is None:
@@ -629,7 +657,7 @@ class DHCPEngine:
 
     @staticmethod
     def _relay_text(message: Message) -> str:
-        if message.giaddr == ZERO:
+        if message.giaddr is ZERO:
             return ""
         agent = message.options.get(Option.RELAY_AGENT_INFORMATION)
         circuit = relay_suboptions(agent).get(1) if agent is not None else None
@@ -640,32 +668,38 @@ class DHCPEngine:
     def _echo_agent(message: Message, options: dict[int, bytes]) -> None:
         """RFC 3046 2.2: option 82 goes back to the relay as it came."""
         agent = message.options.get(Option.RELAY_AGENT_INFORMATION)
-        if agent is not None and message.giaddr != ZERO:
+        if agent is not None and message.giaddr is not ZERO:
             options[Option.RELAY_AGENT_INFORMATION] = agent
 
     def _reply(self, message: Message, kind: MessageType, link: Link, subnet: Subnet,
                yiaddr: IPv4Address, lease_time: int | None) -> Message:
         """An OFFER or ACK (RFC 2131 table 3) with the subnet's options."""
-        wanted = message.parameter_request_list
-        block, wire = self._block(kind, lease_time, subnet, wanted, link)
-        options = block.copy()
+        asked = message.options
+        wanted = asked.get(Option.PARAMETER_REQUEST_LIST, b"")
+        if type(wanted) is not bytes:
+            wanted = bytes(wanted)
+        options, wire = self._block(kind, lease_time, subnet, wanted, link)
         wire_options: bytes | None = wire
         client_id = message.client_identifier
-        if client_id is not None:
-            if Option.CLIENT_IDENTIFIER in options:
-                wire_options = None  # configured as an option too: encode places it
-            options[Option.CLIENT_IDENTIFIER] = client_id  # RFC 6842: echo it back
-            if wire_options is not None:
-                wire_options += _option_octets(Option.CLIENT_IDENTIFIER, client_id)
-        if message.giaddr != ZERO:
-            agent = message.options.get(Option.RELAY_AGENT_INFORMATION)
+        agent = asked.get(Option.RELAY_AGENT_INFORMATION) \
+            if message.giaddr is not ZERO else None
+        if client_id is not None or agent is not None:
+            options = dict(options)  # the block is shared by every reply: not changed
+            if client_id is not None:
+                if Option.CLIENT_IDENTIFIER in options:
+                    wire_options = None  # configured as an option too: encode places it
+                options[Option.CLIENT_IDENTIFIER] = client_id  # RFC 6842: echo it back
+                if wire_options is not None:
+                    wire_options += _option_octets(Option.CLIENT_IDENTIFIER, client_id)
             if agent is not None:
                 if Option.RELAY_AGENT_INFORMATION in options:
                     wire_options = None
                 options[Option.RELAY_AGENT_INFORMATION] = agent  # RFC 3046 2.2: echoed
                 if wire_options is not None:
                     wire_options += _option_octets(Option.RELAY_AGENT_INFORMATION, agent)
-        self._count_sent(kind)
+        sent = self.stats.sent
+        name = _TYPE_NAMES[kind]
+        sent[name] = sent.get(name, 0) + 1
         return make_message(BOOTREPLY, message.xid, message.chaddr, message.htype, 0, 0,
                             message.flags, message.ciaddr if kind is MessageType.ACK else ZERO,
                             yiaddr, ZERO, message.giaddr, b"", b"", options, wire_options)
@@ -744,9 +778,9 @@ def reply_destination(request: Message, reply: Message) -> tuple[str, int]:
       (raw sockets or SIOCSARP); 4.1 allows broadcasting instead ("If unicasting is not
       possible, the message MAY be sent as an IP broadcast"), and every client listens for
       broadcasts while it has no address."""
-    if request.giaddr != ZERO:
+    if request.giaddr is not ZERO:
         return address_text(request.giaddr), SERVER_PORT
-    if request.ciaddr != ZERO:
+    if request.ciaddr is not ZERO:
         return str(request.ciaddr), CLIENT_PORT
     return _BROADCAST_TEXT, CLIENT_PORT
 
@@ -759,6 +793,7 @@ def _option_octets(code: int, value: bytes) -> bytes:
 
 
 _BROADCAST_TEXT = str(BROADCAST)
+_BOUND = BindingState.BOUND.value  # an enum member's .value is a descriptor call each time
 _TYPE_NAMES = {kind: kind.name for kind in MessageType}
 _TEXTS: dict[int, str] = {}  # relays' addresses as text
 

@@ -36,6 +36,8 @@ FILE_SIZE = 128
 
 ZERO = IPv4Address(0)
 _ZERO_PACKED = bytes(4)
+_NO_SNAME = bytes(64)  # an sname or file field of NULs only: most requests'
+_NO_FILE = bytes(128)
 BROADCAST = IPv4Address("255.255.255.255")
 
 _HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
@@ -124,6 +126,13 @@ class Message:
     # instead of encoding `options` again.  They must say exactly what `options` says.
     wire_options: bytes | None = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # 0.0.0.0 is always the one shared ZERO (decode and make_message's callers give it
+        # too), so that the engine tests an address field with `is ZERO`.
+        for name in ("ciaddr", "yiaddr", "siaddr", "giaddr"):
+            if getattr(self, name) == ZERO:
+                object.__setattr__(self, name, ZERO)
+
     @property
     def message_type(self) -> MessageType | None:
         value = self.options.get(Option.MESSAGE_TYPE)
@@ -191,7 +200,8 @@ def make_message(op: int, xid: int, chaddr: bytes, htype: int, hops: int, secs: 
                  wire_options: bytes | None = None) -> Message:
     """Message(...) with every field given, in a third of the time: the frozen dataclass's
     __init__ sets its 15 fields one `object.__setattr__` at a time (decode and the engine
-    make four per DORA)."""
+    make four per DORA).  An address of 0.0.0.0 must be `ZERO` itself, as __post_init__
+    makes it."""
     message: Message = _new(Message)
     _set(message, "__dict__", {
         "op": op, "xid": xid, "chaddr": chaddr, "htype": htype, "hops": hops, "secs": secs,
@@ -286,7 +296,8 @@ def decode(data: bytes) -> Message:
     return make_message(
         op, xid, chaddr[:hlen], htype, hops, secs, flags,
         _address(ciaddr), _address(yiaddr), _address(siaddr), _address(giaddr),
-        sname.rstrip(b"\0"), file.rstrip(b"\0"),
+        b"" if sname == _NO_SNAME else sname.rstrip(b"\0"),
+        b"" if file == _NO_FILE else file.rstrip(b"\0"),
         found,
     )
 

@@ -60,10 +60,12 @@ class Subnet:
     # the network's first and last address as integers (made once: asked per message)
     first: int = field(init=False, repr=False, compare=False)
     last: int = field(init=False, repr=False, compare=False)
+    size: int = field(init=False, repr=False, compare=False)  # addresses in the pools
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "first", int(self.network.network_address))
         object.__setattr__(self, "last", int(self.network.broadcast_address))
+        object.__setattr__(self, "size", sum(last - first + 1 for first, last in self.ranges))
 
     def contains(self, address: IPv4Address | int) -> bool:
         return self.first <= int(address) <= self.last
@@ -73,10 +75,6 @@ class Subnet:
             if first <= address <= last:
                 return True
         return False
-
-    @property
-    def size(self) -> int:
-        return sum(last - first + 1 for first, last in self.ranges)
 
     def reservation_for(self, hardware: bytes, client_id: bytes | None) -> Reservation | None:
         for r in self.reservations:

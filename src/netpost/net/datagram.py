@@ -54,6 +54,13 @@ _IN6_PKTINFO = struct.Struct("@16sI")  # struct in6_pktinfo: the destination, th
 _IN_PKTINFO = struct.Struct("@i4s4s")  # struct in_pktinfo: interface, local address, destination
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; the socket module has it from 3.12
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: `flags & IntFlag` costs ~0.5 us a datagram
+_SOL_SOCKET = socket.SOL_SOCKET  # module constants: one lookup a use, not two
+_IPPROTO_IP = socket.IPPROTO_IP
+_IPPROTO_IPV6 = socket.IPPROTO_IPV6
+_IPV6_PKTINFO = socket.IPV6_PKTINFO
+# room for every control message a listener's socket may ask for (made once, not per read)
+_ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_IN6_PKTINFO.size) + \
+    socket.CMSG_SPACE(_IN_PKTINFO.size)
 
 
 class Datagram(NamedTuple):
@@ -283,39 +290,49 @@ class DatagramListener(asyncio.DatagramProtocol):
 
     def _read_socket(self) -> None:
         """The socket is readable: take every datagram waiting (up to a batch), each with
-        its kernel receive time, then hand them over together."""
+        its kernel receive time, and hand them to the handler at once (the batch is whole
+        already: no queue, no second turn of the loop)."""
         sock = self._sock
         if sock is None:
             return
         recvmsg = sock.recvmsg
-        space = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_IN6_PKTINFO.size) + \
-            socket.CMSG_SPACE(_IN_PKTINFO.size)
+        stats = self.stats
+        limited = self.handler.source_rate_limited
+        batch: list[Datagram] = []
+        now = 0.0  # one clock reading per wake-up, for datagrams without a kernel time
         for _ in range(MAX_BATCH):
             try:
-                data, ancillary, flags, addr = recvmsg(READ_SIZE, space)
+                data, ancillary, flags, addr = recvmsg(READ_SIZE, _ANCILLARY_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # an ICMP error from an earlier sendto
                 log.debug("%s: %s", self.spec.name, exc)
                 continue
+            stats.received += 1
             received = None
             destination = None
             for level, kind, value in ancillary:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                if level == _SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     seconds, nanoseconds = _TIMESPEC.unpack_from(value)
                     received = seconds + nanoseconds * 1e-9
-                elif level == socket.IPPROTO_IP and kind == IP_PKTINFO and \
+                elif level == _IPPROTO_IP and kind == IP_PKTINFO and \
                         len(value) >= _IN_PKTINFO.size:
                     destination = socket.inet_ntoa(_IN_PKTINFO.unpack_from(value)[2])
-                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and \
+                elif level == _IPPROTO_IPV6 and kind == _IPV6_PKTINFO and \
                         len(value) >= _IN6_PKTINFO.size:
                     destination = socket.inet_ntop(socket.AF_INET6,
                                                    _IN6_PKTINFO.unpack_from(value)[0])
             if flags & _MSG_TRUNC:
-                self.stats.received += 1
-                self.stats.dropped += 1  # longer than READ_SIZE: no protocol here sends that
+                stats.dropped += 1  # longer than READ_SIZE: no protocol here sends that
                 continue
-            self._accept(data, addr, time.time() if received is None else received, destination)
+            if limited and not self._allow(client_key(addr[0]), time.monotonic()):
+                stats.rate_limited += 1
+                continue
+            if received is None:
+                received = now = now or time.time()
+            batch.append(Datagram(data, addr[:2], received, destination))
+        if batch and not self.stopping:
+            self._deliver(batch)
 
     def _accept(self, data: bytes, addr: tuple[str | Any, int], now: float,
                 destination: str | None = None) -> None:
@@ -344,14 +361,17 @@ class DatagramListener(asyncio.DatagramProtocol):
         while self._queue and not self.stopping:
             batch = self._queue[:MAX_BATCH]
             del self._queue[:MAX_BATCH]
-            if self.trace is not None:
-                for d in batch:
-                    self.trace(_peer_text(d.peer), "C", self.handler.describe(d.data, "C"))
-            try:
-                self.handler.receive(batch)
-            except Exception:
-                self.stats.errors += 1
-                log.exception("%s: handler failed on a batch of %d", self.spec.name, len(batch))
+            self._deliver(batch)
+
+    def _deliver(self, batch: list[Datagram]) -> None:
+        if self.trace is not None:
+            for d in batch:
+                self.trace(_peer_text(d.peer), "C", self.handler.describe(d.data, "C"))
+        try:
+            self.handler.receive(batch)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("%s: handler failed on a batch of %d", self.spec.name, len(batch))
 
     def _allow(self, source: str, now: float) -> bool:
         """Token bucket per source: `rate` per second, up to `burst` at once."""

@@ -132,11 +132,19 @@ ROWS_PER_INSERT = 256  # 11 parameters a row: well under SQLite's 32,766 a state
 
 @functools.cache  # at most ROWS_PER_INSERT texts
 def _insert(rows: int) -> str:
-    """INSERT OR REPLACE of `rows` leases in one statement (the same text for the same row
-    count, so that the connection's statement cache finds it again)."""
-    return ("INSERT OR REPLACE INTO leases (address, family, client, iaid, state, starts, "
+    """An upsert of `rows` leases in one statement (the same text for the same row count,
+    so that the connection's statement cache finds it again).  A lease for an address with
+    a row already (a renewal, a client back) updates that row in place: INSERT OR REPLACE
+    would delete it and insert it again, rewriting every index entry; the administrator's
+    mark (admin_serial) goes, as with a new row."""
+    return ("INSERT INTO leases (address, family, client, iaid, state, starts, "
             "expires, hardware, hostname, subnet, relay) VALUES "
-            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows))
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+            + " ON CONFLICT (address) DO UPDATE SET family = excluded.family, "
+            "client = excluded.client, iaid = excluded.iaid, state = excluded.state, "
+            "starts = excluded.starts, expires = excluded.expires, "
+            "hardware = excluded.hardware, hostname = excluded.hostname, "
+            "subnet = excluded.subnet, relay = excluded.relay, admin_serial = 0")
 
 
 def _canonical(address: str) -> str:
