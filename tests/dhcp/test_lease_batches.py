@@ -13,7 +13,7 @@ from netpost.dhcp.engine import LeaseRecord
 from netpost.dhcp.server import to_lease, to_record
 from netpost.store.embedded import open_stores
 from netpost.store.interfaces import Lease
-from netpost.store.sqlleases import ROWS_PER_INSERT
+from netpost.store.sqlleases import ROWS_PER_INSERT, _statement_rows
 
 
 def v4(n: int, client: bytes = b"hw:\x01c", expires: float = 3700.0) -> Lease:
@@ -90,5 +90,23 @@ def test_a_lease_for_an_address_with_a_row_updates_it_and_clears_the_admin_mark(
         assert stores.leases.get_lease("10.99.0.1") == v4(1, b"hw:\x01b", 9000.0)
         assert stores.leases.leases_changed_since(0)[0] == []
         assert stores.leases.load_leases(4) == [v4(1, b"hw:\x01b", 9000.0)]
+    finally:
+        stores.close()
+
+
+def test_batches_of_any_size_use_few_statement_sizes_and_store_each_lease_once(
+        tmp_path: Path) -> None:
+    """A batch is written with statements of a few sizes (the statement cache keeps them):
+    the padding repeats a lease, which must not show."""
+    sizes = {_statement_rows(n) for n in range(1, ROWS_PER_INSERT + 1)}
+    assert len(sizes) <= 31 and all(_statement_rows(n) >= n for n in range(1, 300))
+    stores = open_stores(tmp_path)
+    try:
+        first = [v4(n) for n in range(17)]
+        stores.leases.commit_leases(first)
+        second = [v4(n, b"hw:\x01d", 5000.0) for n in range(10, 110)]
+        stores.leases.commit_leases(second)
+        stored = sorted(stores.leases.load_leases(4), key=lambda x: x.address)
+        assert stored == sorted(first[:10] + second, key=lambda x: x.address)
     finally:
         stores.close()

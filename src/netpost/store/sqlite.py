@@ -47,12 +47,12 @@ from netpost.store.interfaces import (
     StoreError,
 )
 from netpost.store.sqlitedb import DURABLE, ThreadConnections, account_id_of
-from netpost.store.sqlleases import SCHEMA_V6
+from netpost.store.sqlleases import SCHEMA_V6, SCHEMA_V8
 from netpost.store.sqlqueue import SCHEMA_V4, insert_outbound
 from netpost.store.sqlshares import SCHEMA_V5
 from netpost.store.sqltokens import SCHEMA_V7
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (
@@ -158,7 +158,8 @@ INSERT INTO subscriptions (account_id, name)
 
 # version -> the script that brings version - 1 to it
 _MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: SCHEMA_V4,
-                               5: SCHEMA_V5, 6: SCHEMA_V6, 7: SCHEMA_V7}
+                               5: SCHEMA_V5, 6: SCHEMA_V6, 7: SCHEMA_V7,
+                               8: SCHEMA_V8}
 
 _MESSAGE_COLUMNS = "m.mailbox_id, m.uid, m.sha256, b.size, m.size, m.internaldate, m.modseq, \
 m.flags, m.has_dot_lines"
