@@ -88,20 +88,15 @@ class SQLiteLeases:
         # around each statement it steps, and takes it back after; with a busy event loop
         # in the other thread each taking-back can wait a switch interval (5 ms), so a batch
         # of 64 rows one statement each took up to a third of a second.
+        if len(leases) <= ROWS_PER_INSERT:
+            # One statement is its own transaction (the connections autocommit): atomic, and
+            # durable when it returns (synchronous=FULL) -- with one taking-back of the GIL,
+            # not three (BEGIN, INSERT, COMMIT).
+            self._conn().execute(*_statement(leases))
+            return
         with self._store._db.write() as conn:
             for start in range(0, len(leases), ROWS_PER_INSERT):
-                chunk = list(leases[start:start + ROWS_PER_INSERT])
-                # Statements come in a few sizes, so that the connection's statement cache
-                # (128) keeps them all: a batch of any other size repeats its last lease (an
-                # upsert of the same row twice leaves what once does).  Preparing a statement
-                # of a new size each time cost as much as a third of the writing.
-                chunk += chunk[-1:] * (_statement_rows(len(chunk)) - len(chunk))
-                values: list[object] = []
-                for lease in chunk:
-                    values += (lease.address, lease.family, lease.client, lease.iaid,
-                               lease.state, lease.starts, lease.expires, lease.hardware,
-                               lease.hostname, lease.subnet, lease.relay)
-                conn.execute(_insert(len(chunk)), values)
+                conn.execute(*_statement(leases[start:start + ROWS_PER_INSERT]))
 
     def get_lease(self, address: str) -> Lease | None:
         row = self._conn().execute(f"SELECT {_COLUMNS} FROM leases WHERE address = ?",
@@ -146,6 +141,22 @@ def _statement_rows(rows: int) -> int:
     """The statement size that takes `rows` leases: 1-16 as they are, then the next multiple
     of ROWS_STEP (31 sizes in all)."""
     return rows if rows <= ROWS_STEP else -(-rows // ROWS_STEP) * ROWS_STEP
+
+
+def _statement(leases: Sequence[Lease]) -> tuple[str, list[object]]:
+    """The upsert of these leases (ROWS_PER_INSERT at most) and its parameters.  Statements
+    come in a few sizes, so that the connection's statement cache (128) keeps them all: a
+    batch of another size repeats its last lease (an upsert of the same row twice leaves
+    what once does).  Preparing a statement of a new size each time cost as much as a third
+    of the writing."""
+    chunk = list(leases)
+    chunk += chunk[-1:] * (_statement_rows(len(chunk)) - len(chunk))
+    values: list[object] = []
+    for lease in chunk:
+        values += (lease.address, lease.family, lease.client, lease.iaid, lease.state,
+                   lease.starts, lease.expires, lease.hardware, lease.hostname, lease.subnet,
+                   lease.relay)
+    return _insert(len(chunk)), values
 
 
 @functools.cache  # at most 31 texts (_statement_rows)
