@@ -8,7 +8,8 @@ goes in `listener.spawn`, whose tasks the supervisor lets finish on shutdown.
 
 A handler that sets `kernel_timestamps` (NTP) gets a listener that reads its socket itself:
 every datagram waiting is taken per wake-up with recvmsg, each with the kernel's arrival time
-(SO_TIMESTAMPNS) as `Datagram.received`, and answers go straight out with sendto.  A handler
+(SO_TIMESTAMPNS) as `Datagram.received`, and handed over as one batch at once (no queue, no
+second turn of the loop); answers go straight out with sendto.  A handler
 whose `open_socket` makes its own socket (DHCPv6: IPv6, a multicast group joined, packet info
 on; DHCPv4: packet info on) is read the same way, and each datagram says where it was sent
 (`Datagram.destination`, from IPV6_PKTINFO or IP_PKTINFO when the socket asks for it).
