@@ -150,13 +150,8 @@ http {{
         return B.tree_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: fast shutdown
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            B.stop_process(self.proc, 10)  # SIGTERM: fast shutdown
         self.proc = None
 
 

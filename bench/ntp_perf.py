@@ -113,13 +113,7 @@ class Server:
         return bl.tree_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        bl.stop_process(self.proc)
 
 
 def start_netpost(out: Path) -> Server:
