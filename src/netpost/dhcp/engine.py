@@ -227,21 +227,10 @@ class DHCPEngine:
         self._place(binding)
 
     def _place(self, binding: Binding) -> None:
-        by_address = self.by_address
-        old = by_address.get(binding.address)
-        key = (self._subnet_index[id(binding.subnet)], binding.client)
-        if old is not None and self.by_client.get(key) is old:
-            # The client's own binding of this address, replaced (an offer taken up, a
-            # renewal): what _forget and the general case below do, in short.
-            self._freed += 1
-            self._circuit_done(old)
-            by_address[binding.address] = binding
-            self.by_client[key] = binding
-            if binding.state is BindingState.BOUND and binding.relay:
-                self._circuits[binding.relay] = self._circuits.get(binding.relay, 0) + 1
-            return
+        old = self.by_address.get(binding.address)
         if old is not None:
             self._forget(old)
+        key = (self._subnet_index[id(binding.subnet)], binding.client)
         previous = self.by_client.get(key)
         if previous is not None and previous is not binding and binding.client:
             # One binding per client and subnet: the old address goes back to the pool.
@@ -390,15 +379,11 @@ class DHCPEngine:
         return self._free_address(subnet, index, now)
 
     def _free_for(self, address: int, client: bytes, now: float) -> bool:
-        held = self.by_address.get(address)
-        if held is None or not held.active(now):
-            return True
-        return held.client == client and held.state is not BindingState.DECLINED
+        return _free(self.by_address.get(address), client, now)
 
     def _usable(self, subnet: Subnet, address: int, client: bytes, now: float) -> bool:
         """In a pool of the subnet, not reserved, and free or already this client's."""
-        return (subnet.in_pool(address) and address not in subnet.reserved_addresses
-                and self._free_for(address, client, now))
+        return subnet.dynamic(address) and self._free_for(address, client, now)
 
     def _free_address(self, subnet: Subnet, index: int, now: float) -> int | None:
         """A never-used pool address, or one whose offer lapsed (walking on from where the
@@ -425,8 +410,7 @@ class DHCPEngine:
         best: Binding | None = None
         first_end = float("inf")
         for binding in by_address.values():
-            if binding.subnet is not subnet or binding.address in reserved or \
-                    not subnet.in_pool(binding.address):
+            if binding.subnet is not subnet or not subnet.dynamic(binding.address):
                 continue
             if binding.active(now):
                 first_end = min(first_end, binding.expires)
@@ -531,15 +515,13 @@ class DHCPEngine:
         """ACK `address` to the client if it may have it, else NAK."""
         value = int(address)
         held = self.by_address.get(value)
-        # _free_for and _usable, with the binding at hand
-        free = held is None or not held.active(now) or \
-            held.client == client and held.state is not BindingState.DECLINED
+        free = _free(held, client, now)  # _free_for, with the binding at hand (used below)
         reservation = subnet.reservation_for(message.chaddr, message.client_identifier) \
             if subnet.reservations else None
         if reservation is not None:
             allowed = int(reservation.address) == value and free
         else:
-            allowed = free and subnet.in_pool(value) and value not in subnet.reserved_addresses
+            allowed = free and subnet.dynamic(value)  # _usable
         if not allowed:
             return self._nak(message, link, "requested address not available")
         relay = self._relay_text(message)
@@ -697,9 +679,7 @@ class DHCPEngine:
                 options[Option.RELAY_AGENT_INFORMATION] = agent  # RFC 3046 2.2: echoed
                 if wire_options is not None:
                     wire_options += _option_octets(Option.RELAY_AGENT_INFORMATION, agent)
-        sent = self.stats.sent
-        name = _TYPE_NAMES[kind]
-        sent[name] = sent.get(name, 0) + 1
+        self._count_sent(kind)
         return make_message(BOOTREPLY, message.xid, message.chaddr, message.htype, 0, 0,
                             message.flags, message.ciaddr if kind is MessageType.ACK else ZERO,
                             yiaddr, ZERO, message.giaddr, b"", b"", options, wire_options)
@@ -767,6 +747,14 @@ class DHCPEngine:
     def _out(self, reply: Message, message: Message, lease: LeaseRecord | None = None) -> Outcome:
         return Outcome(reply, reply_destination(message, reply), lease,
                        message.max_message_size)
+
+
+def _free(held: Binding | None, client: bytes, now: float) -> bool:
+    """An address whose binding is `held` may go to `client`: nobody holds it, or the client
+    does itself (and has not declined it)."""
+    if held is None or not held.active(now):
+        return True
+    return held.client == client and held.state is not BindingState.DECLINED
 
 
 def reply_destination(request: Message, reply: Message) -> tuple[str, int]:

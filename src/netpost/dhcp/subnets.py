@@ -76,6 +76,10 @@ class Subnet:
                 return True
         return False
 
+    def dynamic(self, address: int) -> bool:
+        """In a pool and not reserved: the engine may hand it to any client."""
+        return self.in_pool(address) and address not in self.reserved_addresses
+
     def reservation_for(self, hardware: bytes, client_id: bytes | None) -> Reservation | None:
         for r in self.reservations:
             if client_id is not None and r.client_id == client_id:

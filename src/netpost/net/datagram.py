@@ -326,8 +326,7 @@ class DatagramListener(asyncio.DatagramProtocol):
             if flags & _MSG_TRUNC:
                 stats.dropped += 1  # longer than READ_SIZE: no protocol here sends that
                 continue
-            if limited and not self._allow(client_key(addr[0]), time.monotonic()):
-                stats.rate_limited += 1
+            if limited and self._over_rate(addr[0]):
                 continue
             if received is None:
                 received = now = now or time.time()
@@ -341,9 +340,7 @@ class DatagramListener(asyncio.DatagramProtocol):
         if self.stopping:
             return
         peer = (str(addr[0]), int(addr[1]))
-        if self.handler.source_rate_limited and \
-                not self._allow(client_key(peer[0]), time.monotonic()):
-            self.stats.rate_limited += 1
+        if self.handler.source_rate_limited and self._over_rate(peer[0]):
             return
         if len(self._queue) >= MAX_QUEUED:
             self.stats.overflowed += 1
@@ -373,6 +370,13 @@ class DatagramListener(asyncio.DatagramProtocol):
         except Exception:
             self.stats.errors += 1
             log.exception("%s: handler failed on a batch of %d", self.spec.name, len(batch))
+
+    def _over_rate(self, host: str) -> bool:
+        """True (and counted) when the datagram's source has used up its tokens."""
+        if self._allow(client_key(host), time.monotonic()):
+            return False
+        self.stats.rate_limited += 1
+        return True
 
     def _allow(self, source: str, now: float) -> bool:
         """Token bucket per source: `rate` per second, up to `burst` at once."""
